@@ -1,0 +1,3 @@
+"""RingMoE: pretraining framework for remote-sensing mixture-of-experts foundation models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,138 @@
+"""The run config: one dataclass per stage, validated on load.
+
+``ringmoe train --config configs/tiny.yaml train.steps=20`` loads the YAML into ``RunConfig`` and applies the
+overrides; an unknown key or a wrong type raises ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ringmoe.core.batch import MODALITIES
+from ringmoe.core.errors import ConfigError
+from ringmoe.core.sensors import MODALITY_CHANNELS
+from ringmoe.core.structured import load_structured
+
+
+@dataclass
+class ModelConfig:
+    """SwinV2-shaped hierarchical MoE encoder. Expert counts are per stage so pruned variants are configs."""
+
+    name: str = "ringmoe_tiny"
+    img_size: int = 64
+    patch_size: int = 4
+    embed_dim: int = 32
+    depths: list[int] = field(default_factory=lambda: [2, 2])
+    num_heads: list[int] = field(default_factory=lambda: [2, 4])
+    window_size: int = 4
+    mlp_ratio: float = 4.0
+    in_chans: dict[str, int] = field(default_factory=lambda: dict(MODALITY_CHANNELS))
+    # Per stage: modal-specialized experts per modality, collaborative experts, and whether a shared expert runs.
+    modal_experts: list[int] = field(default_factory=lambda: [4, 4])
+    collab_experts: list[int] = field(default_factory=lambda: [4, 4])
+    shared_expert: bool = True
+    capacity_factor: float = 1.2
+    min_capacity: int = 4
+    aux_loss_coef: float = 0.001
+    # SimMIM masking.
+    mask_patch_size: int = 16
+    mask_ratio: float = 0.6
+
+    def validate(self) -> None:
+        stages = len(self.depths)
+        for key in ("num_heads", "modal_experts", "collab_experts"):
+            if len(getattr(self, key)) != stages:
+                raise ConfigError(f"model.{key} has {len(getattr(self, key))} entries, model.depths has {stages}")
+        unknown = sorted(set(self.in_chans) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"model.in_chans: unknown modalities {unknown}; known: {list(MODALITIES)}")
+        final_stride = self.patch_size * 2 ** (stages - 1)
+        if self.img_size % final_stride:
+            raise ConfigError(f"model.img_size {self.img_size} is not divisible by the final stride {final_stride}")
+        if self.img_size % self.mask_patch_size or self.mask_patch_size % self.patch_size:
+            raise ConfigError(
+                f"model.mask_patch_size {self.mask_patch_size} must divide img_size and be a multiple of patch_size"
+            )
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"model.mask_ratio {self.mask_ratio} must be in (0, 1)")
+        for stage, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**stage) % heads:
+                raise ConfigError(f"model.num_heads[{stage}]={heads} does not divide width {self.embed_dim * 2**stage}")
+
+
+@dataclass
+class DataConfig:
+    """Streaming loader over a shard directory written by ``ringmoe-data build``."""
+
+    shards: str = "runs/demo/shards"
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    batch_size_per_modality: int = 2
+    shuffle_buffer: int = 32
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout; the DeepSpeed JSON is generated from this, never kept by hand."""
+
+    expert_parallel_size: int = 1
+    tensor_parallel_size: int = 1
+    zero_stage: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 2
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 5.0
+    gradient_accumulation_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    seed: int = 0
+    log_every: int = 1
+    output_dir: str = "runs/demo/train"
+    save_every: int = 0  # 0: only at the end
+
+
+@dataclass
+class ExportConfig:
+    dtype: str = "float32"  # float32 | bfloat16
+    max_shard_size: str = "2GB"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        unknown = sorted(set(self.data.modalities) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"data.modalities: unknown {unknown}; known: {list(MODALITIES)}")
+        ep = self.parallel.expert_parallel_size
+        for key in ("modal_experts", "collab_experts"):
+            for stage, count in enumerate(getattr(self.model, key)):
+                if count and count % ep:
+                    raise ConfigError(
+                        f"model.{key}[{stage}]={count} is not divisible by parallel.expert_parallel_size={ep}"
+                    )
+        if self.parallel.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"parallel.zero_stage {self.parallel.zero_stage}: MoE supports ZeRO stage 0, 1 or 2")
+        if self.train.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision {self.train.precision!r} not in fp32|bf16|fp16")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    config = load_structured(RunConfig, path, overrides)
+    config.validate()
+    return config

@@ -1,0 +1,66 @@
+"""Batch and output types passed between the data loader, the model and the objectives.
+
+A ``MultiModalBatch`` holds one image tensor per modality group; the model embeds each with its own patch
+embedding and stacks them on the batch axis, so one step sees every modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# RingMoE's four modality groups; order fixes the order modalities are stacked on the batch axis.
+MODALITIES: tuple[str, ...] = ("optical", "multispectral", "sar_amplitude", "sar_complex")
+
+
+@dataclass
+class MultiModalBatch:
+    """Images per modality, each ``(B_m, C_m, H, W)`` float32, plus the per-sample metadata keys."""
+
+    images: dict[str, torch.Tensor]
+    keys: dict[str, list[str]] = field(default_factory=dict)
+
+    def modalities(self) -> list[str]:
+        """Modalities present, in the canonical stacking order."""
+        return [m for m in MODALITIES if m in self.images]
+
+    def sizes(self) -> dict[str, int]:
+        return {m: int(self.images[m].shape[0]) for m in self.modalities()}
+
+    def to(self, device: torch.device | str) -> "MultiModalBatch":
+        return MultiModalBatch({m: t.to(device) for m, t in self.images.items()}, dict(self.keys))
+
+
+@dataclass
+class RouterStats:
+    """Routing statistics of one router in one block, for logging and pruning.
+
+    ``tokens``: tokens routed to each expert before capacity dropping; ``gate_mass``: summed gate probability
+    per expert; ``dropped``: tokens per expert dropped by the capacity limit.
+    """
+
+    name: str
+    tokens: torch.Tensor
+    gate_mass: torch.Tensor
+    dropped: torch.Tensor
+
+
+@dataclass
+class ModelOutput:
+    """What ``forward_features`` returns.
+
+    ``features``: final-stage feature map ``(B, C, h, w)`` with modalities stacked on the batch axis in
+    ``modality_sizes`` order; ``aux_loss``: summed load-balancing loss of all routers (unweighted);
+    ``router_stats``: one entry per router per block.
+    """
+
+    features: torch.Tensor
+    modality_sizes: dict[str, int]
+    aux_loss: torch.Tensor
+    router_stats: list[RouterStats] = field(default_factory=list)
+
+    def split(self) -> dict[str, torch.Tensor]:
+        """Features per modality, undoing the batch-axis stacking."""
+        parts = torch.split(self.features, list(self.modality_sizes.values()), dim=0)
+        return dict(zip(self.modality_sizes.keys(), parts))

@@ -1,0 +1,126 @@
+"""Sensor registry: one YAML per source under ``configs/data/sources/``, loaded into typed specs.
+
+The registry is an explicit dict built from files the user can read; nothing registers itself at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ringmoe.core.batch import MODALITIES
+from ringmoe.core.errors import ConfigError
+from ringmoe.core.structured import load_structured
+
+# Channels each modality group feeds to its patch embedding. Every source of a group maps its bands onto this.
+MODALITY_CHANNELS: dict[str, int] = {
+    "optical": 3,  # red, green, blue
+    "multispectral": 4,  # blue, green, red, near-infrared
+    "sar_amplitude": 2,  # VV, VH backscatter in dB
+    "sar_complex": 8,  # I and Q of HH, HV, VH, VV
+}
+
+NORMALIZATION_KINDS = ("reflectance", "db", "complex")
+
+
+@dataclass
+class BandSpec:
+    name: str
+    wavelength_nm: Optional[float] = None  # centre wavelength; None for SAR bands
+    gsd_m: Optional[float] = None
+    polarization: Optional[str] = None  # SAR only: HH, HV, VH, VV
+
+
+@dataclass
+class NormalizationSpec:
+    """How raw values become model inputs.
+
+    reflectance: ``x * scale`` clipped to ``clip``; db: amplitude/intensity to dB (unless already dB), clipped to
+    ``clip`` and mapped to [0, 1]; complex: real and imaginary parts times ``scale``.
+    """
+
+    kind: str = "reflectance"
+    scale: float = 1.0
+    clip: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    input_is_db: bool = False
+
+
+@dataclass
+class SensorSpec:
+    name: str
+    platform: str
+    modality: str
+    dtype: str
+    bands: list[BandSpec]
+    modality_bands: list[str]  # bands, in the modality group's channel order, that form the model input
+    normalization: NormalizationSpec = field(default_factory=NormalizationSpec)
+    nodata: Optional[float] = None
+    gsd_m: Optional[float] = None
+    license: str = ""
+    description: str = ""
+
+    def channels(self) -> int:
+        """Model input channels: complex bands become an I and a Q channel each."""
+        per_band = 2 if self.normalization.kind == "complex" else 1
+        return per_band * len(self.modality_bands)
+
+    def band(self, name: str) -> BandSpec:
+        for band in self.bands:
+            if band.name == name:
+                return band
+        raise ConfigError(f"sensor {self.name!r} has no band {name!r}; bands: {[b.name for b in self.bands]}")
+
+
+class SensorRegistry(dict[str, SensorSpec]):
+    """Source name -> spec."""
+
+    def by_modality(self, modality: str) -> list[SensorSpec]:
+        return [spec for spec in self.values() if spec.modality == modality]
+
+    def get_spec(self, name: str) -> SensorSpec:
+        if name not in self:
+            raise ConfigError(f"unknown source {name!r}; registered sources: {sorted(self)}")
+        return self[name]
+
+
+def load_sensor(path: Path) -> SensorSpec:
+    """Read and validate one source YAML; errors name the file and the key."""
+    spec = load_structured(SensorSpec, path)
+    _validate(spec, path)
+    return spec
+
+
+def _validate(spec: SensorSpec, path: Path) -> None:
+    if spec.modality not in MODALITIES:
+        raise ConfigError(f"{path}: modality {spec.modality!r} is not one of {MODALITIES}")
+    if spec.normalization.kind not in NORMALIZATION_KINDS:
+        raise ConfigError(f"{path}: normalization.kind {spec.normalization.kind!r} not in {NORMALIZATION_KINDS}")
+    want = MODALITY_CHANNELS[spec.modality]
+    if spec.channels() != want:
+        raise ConfigError(
+            f"{path}: modality_bands give {spec.channels()} channels, modality {spec.modality!r} needs {want}"
+        )
+    names = {b.name for b in spec.bands}
+    missing = [b for b in spec.modality_bands if b not in names]
+    if missing:
+        raise ConfigError(f"{path}: modality_bands {missing} are not listed under bands")
+
+
+def default_sources_dir() -> Path:
+    """``configs/data/sources`` of the repository checkout the package is installed from (editable install)."""
+    return Path(__file__).resolve().parents[2] / "configs" / "data" / "sources"
+
+
+def load_registry(directory: str | Path | None = None) -> SensorRegistry:
+    directory = Path(directory) if directory else default_sources_dir()
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"no source YAML files found in {directory}")
+    registry = SensorRegistry()
+    for path in files:
+        spec = load_sensor(path)
+        if spec.name in registry:
+            raise ConfigError(f"{path}: source {spec.name!r} is defined twice")
+        registry[spec.name] = spec
+    return registry

@@ -1,0 +1,51 @@
+"""Strict YAML -> dataclass loading shared by every config in the project.
+
+OmegaConf's structured mode rejects keys the dataclass does not declare and values of the wrong type; this
+module turns its exceptions into a ``ConfigError`` that names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ringmoe.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    message = getattr(exc, "msg", None) or str(exc)
+    message = message.split("\n")[0]
+    return f"key {key!r}: {message}" if key else message
+
+
+def load_structured(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load ``path`` (optional) into ``schema`` and apply ``a.b=c`` command-line overrides, strictly."""
+    where = str(path) if path else "<defaults>"
+    try:
+        merged = OmegaConf.structured(schema)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from None
+
+
+def to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,15 @@
+"""Single-device PyTorch model code. Never imports deepspeed or megatron: parallelism is applied from outside."""
+
+from ringmoe.models.build import build_model, model_kwargs
+from ringmoe.models.encoder import RingMoEEncoder, RingMoESimMIM
+from ringmoe.models.moe import FeedForward, HierarchicalMoE, RoutedExperts
+
+__all__ = [
+    "FeedForward",
+    "HierarchicalMoE",
+    "RingMoEEncoder",
+    "RingMoESimMIM",
+    "RoutedExperts",
+    "build_model",
+    "model_kwargs",
+]

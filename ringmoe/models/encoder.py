@@ -1,0 +1,160 @@
+"""The RingMoE encoder and its SimMIM pretraining wrapper.
+
+Plain single-device PyTorch. Constructors take explicit keyword arguments (the fields of ``ModelConfig``) so
+the same classes are rebuilt from a HuggingFace ``config.json`` by the exported modeling code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ringmoe.core.batch import ModelOutput, MultiModalBatch, RouterStats
+from ringmoe.models.moe import HierarchicalMoE
+from ringmoe.models.swin import PatchMerging, SwinBlock
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection for one modality: (B, C_m, H, W) -> (B, H/p, W/p, D)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class Stage(nn.Module):
+    def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.ModuleList(blocks)
+
+
+class RingMoEEncoder(nn.Module):
+    """SwinV2-shaped hierarchical MoE encoder with one patch embedding per modality."""
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        depths: list[int],
+        num_heads: list[int],
+        window_size: int,
+        mlp_ratio: float,
+        in_chans: dict[str, int],
+        modal_experts: list[int],
+        collab_experts: list[int],
+        shared_expert: bool,
+        capacity_factor: float,
+        min_capacity: int,
+        **_: object,
+    ) -> None:
+        super().__init__()
+        self.modalities = list(in_chans)
+        self.patch_size = patch_size
+        self.patch_embed = nn.ModuleDict({m: PatchEmbed(c, embed_dim, patch_size) for m, c in in_chans.items()})
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, embed_dim))
+        stages = []
+        resolution, dim = img_size // patch_size, embed_dim
+        for index, depth in enumerate(depths):
+            downsample = None
+            if index > 0:
+                downsample = PatchMerging(dim)
+                resolution, dim = resolution // 2, dim * 2
+            blocks = [
+                SwinBlock(
+                    dim,
+                    num_heads[index],
+                    resolution,
+                    window_size,
+                    shift=bool(block % 2),
+                    ffn=HierarchicalMoE(
+                        dim,
+                        int(dim * mlp_ratio),
+                        self.modalities,
+                        modal_experts[index],
+                        collab_experts[index],
+                        shared_expert,
+                        capacity_factor,
+                        min_capacity,
+                        name=f"stages.{index}.blocks.{block}.ffn.",
+                    ),
+                )
+                for block in range(depth)
+            ]
+            stages.append(Stage(blocks, downsample))
+        self.stages = nn.ModuleList(stages)
+        self.num_features = dim
+        self.out_stride = patch_size * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(dim)
+        self.apply(_init_weights)
+
+    def embed(self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Patch-embed every modality, replace masked patches by the mask token, stack on the batch axis."""
+        parts = []
+        for modality in batch.modalities():
+            x = self.patch_embed[modality](batch.images[modality])
+            if masks is not None and modality in masks:
+                w = masks[modality].unsqueeze(-1).to(x.dtype)
+                x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+            parts.append(x)
+        return torch.cat(parts, dim=0)
+
+    def forward_features(
+        self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None
+    ) -> ModelOutput:
+        """``masks``: per modality a (B_m, H/patch, W/patch) 0/1 tensor of patches to hide (SimMIM)."""
+        sizes = batch.sizes()
+        x = self.embed(batch, masks)
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        stats: list[RouterStats] = []
+        for stage in self.stages:
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+            for block in stage.blocks:
+                x, block_aux, block_stats = block(x, sizes)
+                aux_loss = aux_loss + block_aux
+                stats.extend(block_stats)
+        features = self.norm(x).permute(0, 3, 1, 2).contiguous()
+        return ModelOutput(features=features, modality_sizes=sizes, aux_loss=aux_loss, router_stats=stats)
+
+    def forward(self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None) -> ModelOutput:
+        return self.forward_features(batch, masks)
+
+
+class RingMoESimMIM(nn.Module):
+    """Encoder plus one light SimMIM decoder per modality (1x1 conv + pixel shuffle to input resolution)."""
+
+    def __init__(self, **encoder_kwargs: object) -> None:
+        super().__init__()
+        self.encoder = RingMoEEncoder(**encoder_kwargs)  # type: ignore[arg-type]
+        stride = self.encoder.out_stride
+        in_chans: dict[str, int] = encoder_kwargs["in_chans"]  # type: ignore[assignment]
+        self.decoders = nn.ModuleDict(
+            {
+                m: nn.Sequential(nn.Conv2d(self.encoder.num_features, stride * stride * c, 1), nn.PixelShuffle(stride))
+                for m, c in in_chans.items()
+            }
+        )
+
+    def forward(
+        self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None
+    ) -> tuple[dict[str, torch.Tensor], ModelOutput]:
+        output = self.encoder.forward_features(batch, masks)
+        features = output.split()
+        reconstructions = {m: self.decoders[m](f) for m, f in features.items()}
+        return reconstructions, output
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,158 @@
+"""Hierarchical mixture-of-experts FFN of RingMoE, single-device.
+
+Per block: modal-specialized experts behind one top-1 router per modality, collaborative experts behind one top-1
+router shared by all modalities, and one always-on shared expert. Routing follows GShard/DeepSpeed top-1 gating
+with a capacity limit (tokens over capacity are dropped from that expert, they keep the other paths), so that
+``ringmoe.parallel`` can swap a ``RoutedExperts`` for DeepSpeed's expert-parallel layer with identical results.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ringmoe.core.batch import RouterStats
+
+
+class FeedForward(nn.Module):
+    """One expert: Linear -> GELU -> Linear on the last dimension."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def expert_capacity(num_tokens: int, num_experts: int, capacity_factor: float, min_capacity: int) -> int:
+    return max(math.ceil(num_tokens / num_experts * capacity_factor), min_capacity)
+
+
+def top1_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-1 gating with a capacity limit, the same operations DeepSpeed's ``top1gating`` uses (no random
+    token selection), so that which tokens are dropped is identical.
+
+    Returns the chosen expert per token, the gate weight per token (0 where dropped), the load-balancing loss
+    and the per-expert one-hot assignment before dropping.
+    """
+    gates = F.softmax(logits, dim=1)
+    num_tokens, num_experts = gates.shape
+    chosen = torch.argmax(gates, dim=1)
+    assigned = F.one_hot(chosen, num_classes=num_experts)
+    aux_loss = torch.sum(gates.mean(dim=0) * assigned.float().mean(dim=0)) * num_experts
+    kept_rows = torch.topk(assigned, k=min(capacity, num_tokens), dim=0)[1]
+    kept = assigned * torch.zeros_like(assigned).scatter_(0, kept_rows, 1)
+    weight = (gates * kept.float()).sum(dim=1)
+    return chosen, weight, aux_loss, assigned
+
+
+def routing_stats(name: str, logits: torch.Tensor, capacity: int) -> RouterStats:
+    """Per-expert routed tokens, gate mass and capacity drops of one router call (no gradient)."""
+    with torch.no_grad():
+        gates = F.softmax(logits.float(), dim=1)
+        counts = F.one_hot(gates.argmax(dim=1), gates.shape[1]).sum(dim=0)
+        return RouterStats(
+            name=name,
+            tokens=counts,
+            gate_mass=gates.sum(dim=0),
+            dropped=(counts - counts.clamp(max=capacity)),
+        )
+
+
+class RoutedExperts(nn.Module):
+    """A top-1 router over ``num_experts`` experts with a capacity limit."""
+
+    def __init__(
+        self, name: str, dim: int, hidden_dim: int, num_experts: int, capacity_factor: float, min_capacity: int
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.num_experts = num_experts
+        self.capacity_factor = capacity_factor
+        self.min_capacity = min_capacity
+        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.experts = nn.ModuleList(FeedForward(dim, hidden_dim) for _ in range(num_experts))
+
+    def capacity(self, num_tokens: int) -> int:
+        return expert_capacity(num_tokens, self.num_experts, self.capacity_factor, self.min_capacity)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
+        """``tokens``: (S, dim). Returns output (S, dim), load-balancing loss and routing statistics."""
+        logits = F.linear(tokens.float(), self.gate.weight.float())
+        capacity = self.capacity(tokens.shape[0])
+        chosen, weight, aux_loss, _ = top1_routing(logits, capacity)
+        output = torch.zeros_like(tokens)
+        for index, expert in enumerate(self.experts):
+            rows = torch.nonzero((chosen == index) & (weight > 0), as_tuple=True)[0]
+            if rows.numel():
+                output[rows] = (weight[rows, None] * expert(tokens[rows])).to(tokens.dtype)
+        return output, aux_loss, routing_stats(self.name, logits, capacity)
+
+
+class HierarchicalMoE(nn.Module):
+    """The RingMoE FFN: shared expert + collaborative experts + modal-specialized experts.
+
+    ``forward`` takes tokens stacked by modality on the batch axis, ``(B, ..., dim)`` with ``modality_sizes``
+    giving how many samples of each modality, in order.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        modalities: list[str],
+        modal_experts: int,
+        collab_experts: int,
+        shared_expert: bool,
+        capacity_factor: float,
+        min_capacity: int,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.shared = FeedForward(dim, hidden_dim) if shared_expert else None
+        self.collab = (
+            RoutedExperts(f"{name}collab", dim, hidden_dim, collab_experts, capacity_factor, min_capacity)
+            if collab_experts
+            else None
+        )
+        self.modal = nn.ModuleDict(
+            {
+                m: RoutedExperts(f"{name}modal.{m}", dim, hidden_dim, modal_experts, capacity_factor, min_capacity)
+                for m in modalities
+            }
+            if modal_experts
+            else {}
+        )
+
+    def forward(
+        self, x: torch.Tensor, modality_sizes: dict[str, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[RouterStats]]:
+        shape = x.shape
+        per_sample = x[0].numel() // shape[-1]
+        tokens = x.reshape(-1, shape[-1])
+        output = self.shared(tokens) if self.shared is not None else torch.zeros_like(tokens)
+        aux_loss = tokens.new_zeros((), dtype=torch.float32)
+        stats: list[RouterStats] = []
+        if self.collab is not None:
+            routed, loss, stat = self.collab(tokens)
+            output = output + routed
+            aux_loss = aux_loss + loss
+            stats.append(stat)
+        if len(self.modal):
+            pieces = []
+            start = 0
+            for modality, count in modality_sizes.items():
+                stop = start + count * per_sample
+                routed, loss, stat = self.modal[modality](tokens[start:stop])
+                pieces.append(routed)
+                aux_loss = aux_loss + loss
+                stats.append(stat)
+                start = stop
+            output = output + torch.cat(pieces, dim=0)
+        return output.reshape(shape), aux_loss, stats
