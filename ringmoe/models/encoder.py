@@ -57,7 +57,9 @@ class RingMoEEncoder(nn.Module):
         self.modalities = list(in_chans)
         self.patch_size = patch_size
         self.patch_embed = nn.ModuleDict({m: PatchEmbed(c, embed_dim, patch_size) for m, c in in_chans.items()})
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, embed_dim))
+        # Not zero: an all-zero token gives q = k = 0 in the first block and cosine attention's normalisation
+        # has an unbounded gradient there.
+        self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, 1, embed_dim), std=0.02))
         stages = []
         resolution, dim = img_size // patch_size, embed_dim
         for index, depth in enumerate(depths):

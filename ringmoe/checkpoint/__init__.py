@@ -1,0 +1,1 @@
+"""Checkpoint save, consolidation (DeepSpeed EP layout -> one safetensors state dict) and reading."""

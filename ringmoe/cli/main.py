@@ -1,0 +1,94 @@
+"""``ringmoe``: train | consolidate | export | demo.
+
+Run ``train`` under a launcher for several processes (``torchrun --nproc_per_node 2 -m ringmoe.cli.main train
+...``, ``deepspeed``, or ``srun``); a plain call runs one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ringmoe.core.errors import RingMoEError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ringmoe.config.schema import load_config
+    from ringmoe.parallel.distributed import shutdown
+    from ringmoe.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config)
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        print(
+            f"trained {len(result.losses)} steps in {result.seconds:.1f}s: loss {result.losses[0]:.4f} -> "
+            f"{result.losses[-1]:.4f}; checkpoint {result.checkpoint}"
+        )
+    shutdown()
+
+
+def _consolidate(args: argparse.Namespace) -> None:
+    from ringmoe.checkpoint.consolidate import consolidate
+
+    out = consolidate(Path(args.checkpoint), Path(args.output))
+    print(f"consolidated {args.checkpoint} -> {out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from ringmoe.export.huggingface import export_huggingface
+
+    out = export_huggingface(Path(args.consolidated), Path(args.output), dtype=args.dtype)
+    print(f"exported HuggingFace model to {out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ringmoe.cli.demo import run_demo
+
+    run_demo(Path(args.output), steps=args.steps, nproc=args.nproc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ringmoe", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="pretrain with DeepSpeed (expert parallel + ZeRO)")
+    train.add_argument("--config", required=True, help="run YAML, e.g. configs/tiny.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20")
+    train.set_defaults(func=_train)
+
+    consolidate = commands.add_parser("consolidate", help="DeepSpeed MoE checkpoint -> safetensors state dict")
+    consolidate.add_argument("checkpoint", help="checkpoint tag directory, e.g. runs/x/checkpoints/global_step20")
+    consolidate.add_argument("output", help="output directory")
+    consolidate.set_defaults(func=_consolidate)
+
+    export = commands.add_parser("export", help="consolidated checkpoint -> HuggingFace directory")
+    export.add_argument("consolidated", help="directory written by `ringmoe consolidate`")
+    export.add_argument("output", help="output directory (loadable by AutoModel, trust_remote_code=True)")
+    export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    export.set_defaults(func=_export)
+
+    demo = commands.add_parser("demo", help="tiny real-data run: shards -> EP=2 training -> consolidate -> export")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--nproc", type=int, default=2)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RingMoEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

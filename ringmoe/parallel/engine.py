@@ -1,0 +1,72 @@
+"""Build the DeepSpeed engine: generated JSON config, AdamW with expert/non-expert param groups, schedule."""
+
+from __future__ import annotations
+
+import math
+
+import deepspeed
+import torch
+from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+from torch import nn
+
+from ringmoe.config.schema import RunConfig
+
+# Norms, biases, the attention temperature and the mask token are not decayed (as in Swin/SimMIM).
+_NO_DECAY_HINTS = ("norm", "bias", "logit_scale", "mask_token")
+
+
+def deepspeed_config(config: RunConfig, data_parallel_size: int) -> dict:
+    """The DeepSpeed JSON, derived from ``RunConfig`` so the two can never disagree."""
+    micro = config.data.batch_size_per_modality * len(config.data.modalities)
+    accumulation = config.train.gradient_accumulation_steps
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * data_parallel_size,
+        "gradient_clipping": config.train.grad_clip,
+        "zero_optimization": {"stage": config.parallel.zero_stage},
+        # torch AdamW is used on every device; DeepSpeed's fused Adam would need a JIT build on CPU.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": config.train.precision == "bf16"},
+        "fp16": {"enabled": config.train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or any(h in name for h in _NO_DECAY_HINTS) else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    # ZeRO needs expert parameters in groups of their own (they reduce over the expert-data-parallel group).
+    return split_params_into_different_moe_groups_for_optimizer(groups)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_engine(model: nn.Module, config: RunConfig, data_parallel_size: int):
+    train = config.train
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, train.warmup_steps, train.steps, train.min_lr / train.lr)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=deepspeed_config(config, data_parallel_size),
+    )
+    return engine

@@ -1,0 +1,69 @@
+"""Expert parallelism: swap every single-device ``RoutedExperts`` for DeepSpeed's ``MoE`` layer.
+
+The swap copies the router and this rank's slice of the experts, so a model built with the same seed on every
+rank gives the same function before and after. DeepSpeed then owns the all-to-all dispatch, the expert
+gradient reduction and the per-expert checkpoint files.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from deepspeed.moe.layer import MoE
+from deepspeed.utils import groups
+from torch import nn
+
+from ringmoe.core.batch import RouterStats
+from ringmoe.models.moe import FeedForward, RoutedExperts, expert_capacity, routing_stats
+
+
+class DeepSpeedRoutedExperts(nn.Module):
+    """Same routing as ``RoutedExperts`` (top-1, capacity, no random token selection), experts spread over ranks."""
+
+    def __init__(self, routed: RoutedExperts, ep_size: int) -> None:
+        super().__init__()
+        first = routed.experts[0]
+        dim, hidden = first.fc1.in_features, first.fc1.out_features
+        self.name = routed.name
+        self.num_experts = routed.num_experts
+        self.capacity_factor = routed.capacity_factor
+        self.min_capacity = routed.min_capacity
+        self.moe = MoE(
+            hidden_size=dim,
+            expert=FeedForward(dim, hidden),
+            num_experts=routed.num_experts,
+            ep_size=ep_size,
+            k=1,
+            capacity_factor=routed.capacity_factor,
+            eval_capacity_factor=routed.capacity_factor,
+            min_capacity=routed.min_capacity,
+            drop_tokens=True,
+            use_rts=False,
+        )
+        ep_rank = groups._get_expert_parallel_rank(self.moe.expert_group_name)
+        local = self.moe.num_local_experts
+        with torch.no_grad():
+            self.moe.deepspeed_moe.gate.wg.weight.copy_(routed.gate.weight)
+            for index, expert in enumerate(self.moe.deepspeed_moe.experts.deepspeed_experts):
+                expert.load_state_dict(routed.experts[ep_rank * local + index].state_dict())
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
+        output, aux_loss, _ = self.moe(tokens)
+        logits = F.linear(tokens.detach().float(), self.moe.deepspeed_moe.gate.wg.weight.detach().float())
+        capacity = expert_capacity(tokens.shape[0], self.num_experts, self.capacity_factor, self.min_capacity)
+        return output, aux_loss, routing_stats(self.name, logits, capacity)
+
+
+def apply_expert_parallel(model: nn.Module, ep_size: int) -> nn.Module:
+    """Replace, in place, every ``RoutedExperts`` with its DeepSpeed expert-parallel twin."""
+    groups._create_expert_and_data_parallel(ep_size)
+    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, RoutedExperts)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        replacement = DeepSpeedRoutedExperts(module, ep_size)
+        if isinstance(parent, nn.ModuleDict):
+            parent[child] = replacement
+        else:
+            setattr(parent, child, replacement)
+    return model

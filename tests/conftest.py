@@ -1,0 +1,26 @@
+"""Shared fixtures: single-threaded torch, the real sample pack and the in-repo demo data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "demo_data"
+SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def real_pack() -> Path:
+    if not SHARED_REAL.is_dir():
+        pytest.skip("shared real-sample pack not present beside the repo")
+    return SHARED_REAL
