@@ -43,6 +43,14 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
         raise ConfigError(f"{where}: {_describe(exc)}") from None
 
 
+def from_dict(schema: type[T], data: dict, where: str) -> T:
+    """Strictly load an already-parsed mapping (e.g. from a checkpoint's JSON) into ``schema``."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from None
+
+
 def to_yaml(config: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 

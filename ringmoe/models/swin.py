@@ -57,8 +57,9 @@ class WindowAttention(nn.Module):
         )
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.register_buffer("coords_table", _log_spaced_coords(window), persistent=False)
-        self.register_buffer("relative_index", _relative_index(window), persistent=False)
+        # Persistent so that loaders which build the model on the meta device (transformers) restore them.
+        self.register_buffer("coords_table", _log_spaced_coords(window))
+        self.register_buffer("relative_index", _relative_index(window))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         windows, tokens, dim = x.shape
@@ -104,7 +105,7 @@ class SwinBlock(nn.Module):
         self.ffn = ffn
         self.norm2 = nn.LayerNorm(dim)
         mask = _shift_mask(resolution, resolution, self.window, self.shift) if self.shift else None
-        self.register_buffer("attn_mask", mask, persistent=False)
+        self.register_buffer("attn_mask", mask)
 
     def forward(
         self, x: torch.Tensor, modality_sizes: dict[str, int]

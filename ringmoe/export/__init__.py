@@ -1,0 +1,1 @@
+"""Post-training export: HuggingFace directories loadable with plain ``transformers``."""

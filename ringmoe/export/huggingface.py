@@ -1,0 +1,127 @@
+"""Write a HuggingFace directory for the RingMoE encoder: config.json, safetensors, and the modeling code.
+
+The modeling code is the training code: ``ringmoe/models`` files (and the batch type they use) are copied next
+to ``config.json`` with absolute ``ringmoe.*`` imports rewritten to relative ones, so
+``AutoModel.from_pretrained(dir, trust_remote_code=True)`` needs nothing but torch and transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ringmoe.checkpoint.atomic import atomic_write_json, atomic_write_text
+from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME
+from ringmoe.checkpoint.safetensors_io import read_sharded, sha256_of
+from ringmoe.config.schema import ModelConfig
+from ringmoe.core.errors import CheckpointError
+from ringmoe.core.sensors import load_registry
+from ringmoe.core.structured import from_dict
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+# Module -> file name in the export; order matters only for readability.
+_COPIED_MODULES = {
+    "ringmoe.core.batch": "ringmoe_batch",
+    "ringmoe.models.moe": "ringmoe_moe",
+    "ringmoe.models.swin": "ringmoe_swin",
+    "ringmoe.models.encoder": "ringmoe_encoder",
+}
+_ENCODER_KEYS = [
+    "img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "in_chans",
+    "modal_experts", "collab_experts", "shared_expert", "capacity_factor", "min_capacity",
+]  # fmt: skip
+
+
+def _module_source(module: str) -> str:
+    path = _PACKAGE.parent / (module.replace(".", "/") + ".py")
+    source = path.read_text()
+    for name, exported in _COPIED_MODULES.items():
+        source = re.sub(rf"^from {re.escape(name)} import", f"from .{exported} import", source, flags=re.M)
+    leftover = re.findall(r"^(?:from|import) ringmoe\b.*$", source, flags=re.M)
+    if leftover:
+        raise RuntimeError(f"{path}: imports outside the exported modules: {leftover}")
+    return source
+
+
+def _sensor_table() -> dict:
+    return {name: dataclasses.asdict(spec) for name, spec in load_registry().items()}
+
+
+def hf_config(model_config: ModelConfig) -> dict:
+    encoder = dataclasses.asdict(model_config)
+    return {
+        "model_type": "ringmoe",
+        "architectures": ["RingMoEModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_ringmoe.RingMoEConfig",
+            "AutoModel": "modeling_ringmoe.RingMoEModel",
+        },
+        **{key: encoder[key] for key in _ENCODER_KEYS},
+        "sensors": _sensor_table(),
+    }
+
+
+def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32") -> Path:
+    config_path = consolidated / MODEL_CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing; pass a directory written by `ringmoe consolidate`")
+    model_config = from_dict(ModelConfig, json.loads(config_path.read_text()), str(config_path))
+    state = read_sharded(consolidated)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    # Only the encoder is exported: the SimMIM decoders are pretraining scaffolding.
+    encoder_state = {
+        k: (v.to(torch_dtype) if v.is_floating_point() else v).contiguous()
+        for k, v in state.items()
+        if k.startswith("encoder.")
+    }
+    if not encoder_state:
+        raise CheckpointError(f"{consolidated}: no encoder.* tensors found")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for module, exported in _COPIED_MODULES.items():
+        atomic_write_text(out_dir / f"{exported}.py", _module_source(module))
+    for template in (Path(__file__).parent / "hf_code").glob("*.py.in"):
+        atomic_write_text(out_dir / template.name[: -len(".in")], template.read_text())
+    config = hf_config(model_config)
+    config["torch_dtype"] = dtype
+    atomic_write_json(out_dir / "config.json", config)
+    weights = out_dir / "model.safetensors"
+    tmp = out_dir / ".model.safetensors.tmp"
+    save_file(encoder_state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(weights)
+    atomic_write_json(out_dir / "checksums.json", {"model.safetensors": sha256_of(weights)})
+    atomic_write_text(out_dir / "README.md", _model_card(model_config, config["sensors"]))
+    return out_dir
+
+
+def _model_card(model_config: ModelConfig, sensors: dict) -> str:
+    rows = "\n".join(
+        f"| {name} | {spec['modality']} | {', '.join(spec['modality_bands'])} | {spec['normalization']['kind']} "
+        f"(scale {spec['normalization']['scale']:.3g}, clip {spec['normalization']['clip']}) |"
+        for name, spec in sorted(sensors.items())
+    )
+    return f"""---
+library_name: transformers
+tags: [remote-sensing, mixture-of-experts, ringmoe]
+---
+# RingMoE encoder ({model_config.name})
+
+SwinV2-shaped hierarchical mixture-of-experts encoder pretrained with per-modality SimMIM.
+Load with `AutoModel.from_pretrained(path, trust_remote_code=True)` and call
+`model(pixel_values={{"optical": x}})` with `x` of shape (B, C, {model_config.img_size}, {model_config.img_size}).
+
+Input channels per modality: {dict(model_config.in_chans)}.
+
+## Sensors and normalization used in pretraining
+
+| source | modality | bands (channel order) | normalization |
+|---|---|---|---|
+{rows}
+
+Normalization is also stored under `sensors` in `config.json`; apply the same to new imagery.
+"""
