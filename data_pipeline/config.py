@@ -1,0 +1,112 @@
+"""The build config: which rasters of which source become shards, and how they are tiled.
+
+Paths: ``scenes`` globs and ``sources_dir`` are inputs and resolve against the directory of the YAML file
+(so a config and the data it names can move together); ``out_dir`` is an output and resolves against the
+current working directory unless absolute (so ``out_dir=...`` on the command line means what it says).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ringmoe.core.errors import ConfigError
+from ringmoe.core.structured import load_structured, to_dict
+
+# Placeholders a ``band_files`` pattern may use; anything else is a config error, not a missing file.
+BAND_FILE_FIELDS = ("scene", "band", "band_lower")
+
+
+@dataclass
+class InputSpec:
+    """One group of scenes of one registered source.
+
+    A scene is either a directory holding one file per band (``band_files`` names them, e.g.
+    ``"{scene}_{band}.tif"``; ``{scene}`` is the directory name, ``{band}`` the band name and ``{band_lower}``
+    the band name in lower case) or a single multi-band file (``band_indexes`` maps band name to its 1-based
+    index in the file; by default the source's ``modality_bands`` are bands 1..N in that order).
+    """
+
+    source: str
+    scenes: str
+    band_files: Optional[str] = None
+    band_indexes: Optional[dict[str, int]] = None
+
+
+@dataclass
+class BuildConfig:
+    inputs: list[InputSpec] = field(default_factory=list)
+    out_dir: str = "???"
+    sources_dir: str = ""  # "" = the repository's configs/data/sources
+    tile_size: int = 192
+    tile_stride: int = 0  # 0 = tile_size (no overlap)
+    min_valid_fraction: float = 0.5
+    shard_max_samples: int = 1000
+    shard_max_bytes: int = 512 * 2**20
+    workers: int = 1  # processes; each builds whole sources
+
+    @property
+    def stride(self) -> int:
+        return self.tile_stride or self.tile_size
+
+
+def load_build_config(path: str | Path, overrides: Sequence[str] = ()) -> BuildConfig:
+    """Strictly load a build YAML (unknown keys are errors) and check value ranges."""
+    config = load_structured(BuildConfig, path, overrides)
+    validate(config, str(path))
+    return config
+
+
+def validate(config: BuildConfig, where: str = "<build config>") -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: key {key!r}: {why}")
+
+    if not config.inputs:
+        raise bad("inputs", "no inputs listed")
+    if config.tile_size <= 0:
+        raise bad("tile_size", f"must be positive, got {config.tile_size}")
+    if config.tile_stride < 0:
+        raise bad("tile_stride", f"must be >= 0 (0 = tile_size), got {config.tile_stride}")
+    if not 0.0 <= config.min_valid_fraction <= 1.0:
+        raise bad("min_valid_fraction", f"must be in [0, 1], got {config.min_valid_fraction}")
+    if config.shard_max_samples < 1:
+        raise bad("shard_max_samples", f"must be >= 1, got {config.shard_max_samples}")
+    if config.shard_max_bytes < 1:
+        raise bad("shard_max_bytes", f"must be >= 1, got {config.shard_max_bytes}")
+    if config.workers < 1:
+        raise bad("workers", f"must be >= 1, got {config.workers}")
+    for i, spec in enumerate(config.inputs):
+        if spec.band_files is not None and spec.band_indexes is not None:
+            raise bad(f"inputs[{i}]", "set band_files (one file per band) or band_indexes (multi-band file), not both")
+        if spec.band_files is not None:
+            _check_pattern(spec.band_files, f"inputs[{i}].band_files", where)
+        for band, index in (spec.band_indexes or {}).items():
+            if index < 1:
+                raise bad(f"inputs[{i}].band_indexes.{band}", f"band indexes are 1-based, got {index}")
+
+
+def _check_pattern(pattern: str, key: str, where: str) -> None:
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key {key!r}: bad pattern {pattern!r} ({exc})") from None
+    unknown = [n for n in names if n not in BAND_FILE_FIELDS]
+    if unknown:
+        raise ConfigError(f"{where}: key {key!r}: unknown placeholder(s) {unknown}; allowed: {list(BAND_FILE_FIELDS)}")
+    if "band" not in names and "band_lower" not in names:
+        raise ConfigError(f"{where}: key {key!r}: pattern {pattern!r} must contain {{band}} or {{band_lower}}")
+
+
+def config_dict(config: BuildConfig) -> dict[str, Any]:
+    """The config as plain data, paths exactly as written (machine independent)."""
+    return to_dict(config)
+
+
+def canonical_hash(data: Any) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace): equal data, equal hash, on any machine."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

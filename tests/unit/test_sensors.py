@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from ringmoe.core.batch import MODALITIES
+from ringmoe.core.errors import ConfigError
+from ringmoe.core.sensors import MODALITY_CHANNELS, load_registry, load_sensor
+
+
+def test_nine_default_sources_cover_all_modalities() -> None:
+    registry = load_registry()
+    assert len(registry) == 9
+    assert {spec.modality for spec in registry.values()} == set(MODALITIES)
+    for spec in registry.values():
+        assert spec.channels() == MODALITY_CHANNELS[spec.modality]
+
+
+def test_sentinel2_bands_have_wavelengths() -> None:
+    spec = load_registry()["sentinel2_l2a"]
+    assert spec.band("B08").wavelength_nm == pytest.approx(832.8)
+    assert spec.modality_bands == ["B02", "B03", "B04", "B08"]
+
+
+def test_wrong_band_count_names_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nplatform: x\nmodality: optical\ndtype: uint8\n"
+        "bands: [{name: a}, {name: b}]\nmodality_bands: [a, b]\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad.yaml.*2 channels.*needs 3"):
+        load_sensor(path)
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("name: t\nplatform: x\nmodality: optical\ndtype: uint8\nbands: []\nmodality_bands: []\ngsd: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml.*gsd"):
+        load_sensor(path)
