@@ -67,6 +67,8 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
 
     if not config.inputs:
         raise bad("inputs", "no inputs listed")
+    if config.out_dir in ("", "???"):
+        raise bad("out_dir", "not set")
     if config.tile_size <= 0:
         raise bad("tile_size", f"must be positive, got {config.tile_size}")
     if config.tile_stride < 0:
