@@ -24,3 +24,13 @@ def real_pack() -> Path:
     if not SHARED_REAL.is_dir():
         pytest.skip("shared real-sample pack not present beside the repo")
     return SHARED_REAL
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards built once per session from the in-repo real samples with the demo build config."""
+    from data_pipeline.build import build_from_file
+
+    out = tmp_path_factory.mktemp("demo_shards")
+    build_from_file(REPO / "configs" / "data" / "demo_build.yaml", [f"out_dir={out}"])
+    return out

@@ -53,6 +53,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringmoe", description=__doc__.splitlines()[0])
+    # The deepspeed launcher passes --local_rank; LOCAL_RANK in the environment carries the same value.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="pretrain with DeepSpeed (expert parallel + ZeRO)")

@@ -1,0 +1,83 @@
+"""Raw band values -> normalized float32 model input plus a per-pixel valid mask.
+
+Kinds (``SensorSpec.normalization.kind``):
+
+- ``reflectance``: ``x * scale`` clipped to ``clip``.
+- ``db``: dB input (``input_is_db``) is used as is; otherwise the input is taken as linear *amplitude*
+  (``scale`` applied first as a calibration factor) and converted with ``20 * log10`` (an intensity/power
+  product would need ``10 * log10``). The dB value is clipped to ``clip`` and mapped linearly to [0, 1].
+- ``complex``: each complex band becomes an I (real) and a Q (imaginary) channel, channel order
+  ``HH_I, HH_Q, HV_I, HV_Q, ...``, each ``* scale`` and clipped to ``clip``.
+
+A pixel is valid when every band is finite and differs from the source's ``nodata`` and the file's declared
+nodata; complex pixels also need a magnitude > 0; linear amplitude for ``db`` must be >= 0. Invalid pixels are
+0 in the image, so no NaN ever reaches a shard.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ringmoe.core.errors import ConfigError
+from ringmoe.core.sensors import SensorSpec
+
+
+def channel_names(sensor: SensorSpec) -> list[str]:
+    if sensor.normalization.kind == "complex":
+        return [f"{band}_{part}" for band in sensor.modality_bands for part in ("I", "Q")]
+    return list(sensor.modality_bands)
+
+
+def valid_mask(raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]] = ()) -> np.ndarray:
+    """``(H, W)`` bool: True where every band of ``raw`` ``(B, H, W)`` holds data."""
+    kind = sensor.normalization.kind
+    if kind == "complex":
+        # Complex rasters carry no nodata value; zero magnitude is the fill of SLC products.
+        ok = np.isfinite(raw.real) & np.isfinite(raw.imag) & (np.abs(raw) > 0)
+        return ok.all(axis=0)
+    ok = np.isfinite(raw)
+    if sensor.nodata is not None:
+        ok &= raw != sensor.nodata
+    for band, nodata in enumerate(file_nodata):
+        if nodata is not None and not np.isnan(nodata):
+            ok[band] &= raw[band] != nodata
+    if kind == "db" and not sensor.normalization.input_is_db:
+        ok &= raw >= 0  # negative amplitude is not a measurement
+    return ok.all(axis=0)
+
+
+def normalize(
+    raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """``raw`` ``(B, H, W)`` -> image float32 ``(C, H, W)`` and valid uint8 ``(H, W)``."""
+    norm = sensor.normalization
+    lo, hi = (float(v) for v in norm.clip)
+    valid = valid_mask(raw, sensor, file_nodata)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if norm.kind == "reflectance":
+            image = np.clip(raw.astype(np.float64) * norm.scale, lo, hi)
+        elif norm.kind == "db":
+            image = _to_unit_db(raw, sensor, lo, hi)
+        elif norm.kind == "complex":
+            iq = np.stack([raw.real, raw.imag], axis=1).reshape(-1, *raw.shape[1:])  # (2B, H, W): I, Q per band
+            image = np.clip(iq.astype(np.float64) * norm.scale, lo, hi)
+        else:
+            raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
+    image = image.astype(np.float32)
+    image[:, ~valid] = 0.0
+    return image, valid.astype(np.uint8)
+
+
+def _to_unit_db(raw: np.ndarray, sensor: SensorSpec, lo: float, hi: float) -> np.ndarray:
+    norm = sensor.normalization
+    if hi <= lo:
+        raise ConfigError(f"source {sensor.name!r}: normalization.clip {norm.clip} must be increasing for db")
+    if norm.input_is_db:
+        if norm.scale != 1.0:
+            raise ConfigError(f"source {sensor.name!r}: normalization.scale must be 1.0 when input_is_db is true")
+        db = raw.astype(np.float64)
+    else:
+        db = 20.0 * np.log10(raw.astype(np.float64) * norm.scale)  # amplitude; 0 -> -inf -> clipped to lo
+    return (np.clip(db, lo, hi) - lo) / (hi - lo)

@@ -1,0 +1,151 @@
+"""Write samples into webdataset tar shards, atomically, hashing as they are written.
+
+Each shard goes to ``<name>.tmp`` and is renamed into place only once complete and fsynced, so a crash never
+leaves a truncated ``.tar`` under a final name. Members get a fixed mtime, so equal samples give byte-identical
+shards (and equal sha256) on every rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from webdataset import TarWriter
+
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to a multiple of this
+TAR_END = 2 * TAR_BLOCK  # two zero blocks close an archive
+
+
+def shard_name(source: str, index: int) -> str:
+    return f"{source}-{index:06d}.tar"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def json_bytes(data: dict) -> bytes:
+    return json.dumps(data, sort_keys=True).encode("utf-8")
+
+
+def member_bytes(payload: bytes) -> int:
+    """Bytes one member takes in a USTAR tar: a header block plus the payload padded to whole blocks."""
+    return TAR_BLOCK + -(-len(payload) // TAR_BLOCK) * TAR_BLOCK
+
+
+def archive_bytes(members_size: int) -> int:
+    return -(-(members_size + TAR_END) // TAR_RECORD) * TAR_RECORD
+
+
+class _HashingFile:
+    """File wrapper that feeds every written byte to sha256 (tarfile's stream mode only calls ``write``)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+
+class ShardWriter:
+    """Write one source's samples into ``{source}-{index:06d}.tar`` shards under ``out_dir``.
+
+    A shard is closed before a sample would push it past ``max_samples`` or ``max_bytes`` (a single sample
+    larger than ``max_bytes`` still gets a shard of its own). ``entries`` holds the manifest record of each
+    finished shard.
+    """
+
+    def __init__(self, out_dir: Path, source: str, modality: str, max_samples: int, max_bytes: int) -> None:
+        self.out_dir = out_dir
+        self.source = source
+        self.modality = modality
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.entries: list[dict[str, Any]] = []
+        self._file: BinaryIO | None = None
+        self._hashing: _HashingFile | None = None
+        self._tar: TarWriter | None = None
+        self._items: list[dict[str, Any]] = []
+        self._members_size = 0
+
+    def write(self, key: str, members: dict[str, bytes], item: dict[str, Any]) -> None:
+        """Add one sample (``members``: extension -> bytes); ``item`` is its record in the manifest."""
+        size = sum(member_bytes(v) for v in members.values())
+        if self._tar is not None and (
+            len(self._items) >= self.max_samples or archive_bytes(self._members_size + size) > self.max_bytes
+        ):
+            self._finish()
+        if self._tar is None:
+            self._start()
+        assert self._tar is not None
+        self._tar.write({"__key__": key, **members})
+        self._members_size += size
+        self._items.append(item)
+
+    def close(self) -> list[dict[str, Any]]:
+        if self._tar is not None:
+            self._finish()
+        return self.entries
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its ``.tmp`` file); finished shards stay."""
+        if self._file is not None:
+            self._file.close()
+            self._tmp_path().unlink(missing_ok=True)
+        self._file = self._hashing = self._tar = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _final_path(self) -> Path:
+        return self.out_dir / shard_name(self.source, len(self.entries))
+
+    def _tmp_path(self) -> Path:
+        return self._final_path().with_name(self._final_path().name + ".tmp")
+
+    def _start(self) -> None:
+        self._file = open(self._tmp_path(), "wb")
+        self._hashing = _HashingFile(self._file)
+        # encoder=False: members are already bytes (np.save / json), so the bytes on disk are exactly ours.
+        self._tar = TarWriter(self._hashing, encoder=False, mtime=0.0, user="", group="", mode=0o444)
+        self._items = []
+        self._members_size = 0
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._file is not None and self._hashing is not None
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        final = self._final_path()
+        os.replace(self._tmp_path(), final)
+        self.entries.append(
+            {
+                "path": final.name,
+                "source": self.source,
+                "modality": self.modality,
+                "samples": len(self._items),
+                "bytes": self._hashing.size,
+                "sha256": self._hashing.sha256.hexdigest(),
+                "items": self._items,
+            }
+        )
+        self._file = self._hashing = self._tar = None

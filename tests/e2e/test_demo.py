@@ -1,0 +1,108 @@
+"""End to end on the real demo rasters: shards -> 2-process DeepSpeed EP=2 training -> consolidate -> HF export.
+
+The demo runs once per session (the CLI, as a user runs it); the tests then inspect what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ringmoe.core.errors import CheckpointError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ringmoe.cli.main", "demo", "--output", str(out), "--steps", str(STEPS)],
+        capture_output=True,
+        text=True,
+        timeout=1100,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out, result.stdout
+
+
+def test_two_process_ep2_training_lowers_the_loss(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    losses = [json.loads(line)["loss/total"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == STEPS
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
+    meta = json.loads((out / "train" / "checkpoints" / f"global_step{STEPS}" / "ringmoe_meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["expert_parallel_size"] == 2
+    assert "== summary" in stdout and "loss: first" in stdout
+
+
+def test_hf_export_reproduces_the_checkpoint(demo: tuple[Path, str]) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from ringmoe.config.schema import DataConfig, ModelConfig
+    from ringmoe.core.structured import from_dict
+    from ringmoe.data.loader import ShardStream
+    from ringmoe.models.build import build_model
+
+    out, _ = demo
+    config = from_dict(ModelConfig, json.loads((out / "consolidated" / "ringmoe_model.json").read_text()), "test")
+    reference = build_model(config)
+    reference.load_state_dict(load_file(str(out / "consolidated" / "model.safetensors")))
+    exported = AutoModel.from_pretrained(str(out / "hf"), trust_remote_code=True)
+    batch = next(iter(ShardStream(DataConfig(shards=str(out / "shards"), seed=7))))
+    with torch.no_grad():
+        expected = reference.eval().encoder(batch).features
+        actual = exported.eval()(pixel_values=batch.images).last_hidden_state
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    card = (out / "hf" / "README.md").read_text()
+    assert "sentinel1_grd" in card and "capella_quadpol" in card
+
+
+def _copy_checkpoint(demo: tuple[Path, str], tmp_path: Path) -> Path:
+    source = demo[0] / "train" / "checkpoints" / f"global_step{STEPS}"
+    target = tmp_path / source.name
+    shutil.copytree(source, target)
+    return target
+
+
+def test_consolidate_names_a_missing_expert_file(demo: tuple[Path, str], tmp_path: Path) -> None:
+    from ringmoe.checkpoint.consolidate import consolidate
+
+    checkpoint = _copy_checkpoint(demo, tmp_path)
+    (checkpoint / "layer_3_expert_1_mp_rank_00_model_states.pt").unlink()
+    with pytest.raises(CheckpointError, match="expert"):
+        consolidate(checkpoint, tmp_path / "out")
+
+
+def test_consolidate_names_a_truncated_file(demo: tuple[Path, str], tmp_path: Path) -> None:
+    from ringmoe.checkpoint.consolidate import consolidate
+
+    checkpoint = _copy_checkpoint(demo, tmp_path)
+    victim = checkpoint / "mp_rank_00_model_states.pt"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt"):
+        consolidate(checkpoint, tmp_path / "out")
+
+
+def test_consolidated_experts_are_the_trained_ones(demo: tuple[Path, str]) -> None:
+    """Each expert of the consolidated dict equals the file DeepSpeed wrote for it (global index mapping)."""
+    from ringmoe.checkpoint.safetensors_io import read_sharded
+
+    out, _ = demo
+    state = read_sharded(out / "consolidated")
+    checkpoint = out / "train" / "checkpoints" / f"global_step{STEPS}"
+    expert_file = torch.load(checkpoint / "layer_0_expert_3_mp_rank_00_model_states.pt", weights_only=True)
+    for key, tensor in expert_file.items():
+        mapped = key.replace("moe.deepspeed_moe.experts.deepspeed_experts.", "experts.")
+        assert torch.equal(state[mapped], tensor), key
