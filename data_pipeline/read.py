@@ -117,7 +117,8 @@ class SceneReader:
             is_complex = np.dtype(ds.dtypes[index - 1]).kind == "c"
             if is_complex != complex_wanted:
                 want = "complex" if complex_wanted else "real"
-                raise DataError(f"{file}: band {index} is {ds.dtypes[index - 1]}, source {sensor.name!r} needs {want} data")
+                dtype = ds.dtypes[index - 1]
+                raise DataError(f"{file}: band {index} is {dtype}, source {sensor.name!r} needs {want} data")
             if ds.shape != first.shape:
                 raise DataError(f"{file}: shape {ds.shape} differs from {scene.files[0].name} {first.shape}")
             if ds.crs != first.crs:

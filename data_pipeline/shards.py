@@ -11,15 +11,19 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from webdataset import TarWriter
 
-TAR_BLOCK = 512
-TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to a multiple of this
+TAR_BLOCK = tarfile.BLOCKSIZE
+TAR_RECORD = tarfile.RECORDSIZE  # tarfile pads the archive to a multiple of this
 TAR_END = 2 * TAR_BLOCK  # two zero blocks close an archive
+# Member attributes; an int mtime matters: a float one makes tarfile add a pax header to every member.
+MEMBER_MTIME = 0
+MEMBER_MODE = 0o444
 
 
 def shard_name(source: str, index: int) -> str:
@@ -36,9 +40,13 @@ def json_bytes(data: dict) -> bytes:
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
-def member_bytes(payload: bytes) -> int:
-    """Bytes one member takes in a USTAR tar: a header block plus the payload padded to whole blocks."""
-    return TAR_BLOCK + -(-len(payload) // TAR_BLOCK) * TAR_BLOCK
+def member_bytes(name: str, payload: bytes) -> int:
+    """Bytes one member takes in the tar: its header(s), exactly as tarfile encodes them, plus the payload
+    padded to whole blocks."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(payload), MEMBER_MTIME, MEMBER_MODE, "", ""
+    header = info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return len(header) + -(-len(payload) // TAR_BLOCK) * TAR_BLOCK
 
 
 def archive_bytes(members_size: int) -> int:
@@ -82,7 +90,7 @@ class ShardWriter:
 
     def write(self, key: str, members: dict[str, bytes], item: dict[str, Any]) -> None:
         """Add one sample (``members``: extension -> bytes); ``item`` is its record in the manifest."""
-        size = sum(member_bytes(v) for v in members.values())
+        size = sum(member_bytes(f"{key}.{ext}", payload) for ext, payload in members.items())
         if self._tar is not None and (
             len(self._items) >= self.max_samples or archive_bytes(self._members_size + size) > self.max_bytes
         ):
@@ -125,7 +133,7 @@ class ShardWriter:
         self._file = open(self._tmp_path(), "wb")
         self._hashing = _HashingFile(self._file)
         # encoder=False: members are already bytes (np.save / json), so the bytes on disk are exactly ours.
-        self._tar = TarWriter(self._hashing, encoder=False, mtime=0.0, user="", group="", mode=0o444)
+        self._tar = TarWriter(self._hashing, encoder=False, mtime=MEMBER_MTIME, user="", group="", mode=MEMBER_MODE)
         self._items = []
         self._members_size = 0
 

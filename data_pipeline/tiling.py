@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rasterio import windows
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 
@@ -22,13 +22,14 @@ def tile_count(height: int, width: int, size: int, stride: int) -> int:
     return ((height - size) // stride + 1) * ((width - size) // stride + 1)
 
 
-def tile_geometry(window: Window, transform) -> dict:
+def tile_geometry(window: Window, transform: Affine) -> dict:
     """Georeferencing of one tile: ``bounds`` [left, bottom, right, top] and the 6 affine terms
     ``transform`` [a, b, c, d, e, f] (rasterio ``Affine`` order: x = a*col + b*row + c, y = d*col + e*row + f)."""
-    tile_transform = windows.transform(window, transform)
-    left, bottom, right, top = windows.bounds(window, transform)
-    # windows.bounds follows the transform's orientation; normalize so left < right and bottom < top.
+    # ``@``, not ``*``: affine 3 deprecates ``*`` (rasterio.windows still uses it and warns on every tile).
+    tile_transform = transform @ Affine.translation(window.col_off, window.row_off)
+    corners = [tile_transform @ (x, y) for x in (0, window.width) for y in (0, window.height)]
+    xs, ys = zip(*corners)
     return {
-        "bounds": [min(left, right), min(bottom, top), max(left, right), max(bottom, top)],
+        "bounds": [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))],
         "transform": [float(v) for v in tuple(tile_transform)[:6]],
     }

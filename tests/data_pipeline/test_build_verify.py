@@ -1,0 +1,208 @@
+"""End to end over the demo rasters: shards, manifest, verification, atomic writes, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+import data_pipeline.build as build_module
+from data_pipeline.build import build
+from data_pipeline.cli import main
+from data_pipeline.config import BuildConfig, InputSpec, canonical_hash, load_build_config
+from data_pipeline.manifest import sha256_file
+from data_pipeline.verify import verify
+from ringmoe.core.batch import MODALITIES
+from ringmoe.core.errors import DataError
+from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, SHARED_REAL, write_geotiff
+
+SHARD_KEYS = {"path", "source", "modality", "samples", "bytes", "sha256", "items"}
+
+
+def _manifest(out_dir: Path) -> dict:
+    return json.loads((out_dir / "manifest.json").read_text())
+
+
+def test_demo_build_covers_every_modality(demo_build):
+    manifest = _manifest(demo_build)
+    assert manifest["format_version"] == 1 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
+    assert manifest["config_hash"] == canonical_hash(manifest["config"])
+    assert set(manifest["modalities"]) == set(MODALITIES)
+    assert all(n >= 8 for n in manifest["modalities"].values())
+    assert manifest["sources"]["sentinel2_l2a"]["samples"] == 6 * 4  # 120x120 -> 2x2 tiles
+    assert manifest["sources"]["capella_quadpol"]["samples"] == 9  # 200x200 -> 3x3 tiles
+    landsat = manifest["sources"]["landsat7_etm"]
+    assert landsat["samples"] + landsat["skipped"]["low_valid_fraction"] == 12 * 13  # the nodata collar
+    assert manifest["skipped"]["low_valid_fraction"] == landsat["skipped"]["low_valid_fraction"]
+    assert sum(e["samples"] for e in manifest["shards"]) == manifest["samples"]
+
+
+def test_shards_follow_the_sample_schema(demo_build):
+    manifest = _manifest(demo_build)
+    for entry in manifest["shards"]:
+        assert set(entry) == SHARD_KEYS
+        path = demo_build / entry["path"]
+        assert path.name.startswith(f"{entry['source']}-") and path.stat().st_size == entry["bytes"]
+        assert sha256_file(path) == entry["sha256"] and len(entry["items"]) == entry["samples"]
+        assert set(entry["items"][0]) == {"key", "source", "modality", "crs", "bounds"}
+    capella = next(e for e in manifest["shards"] if e["source"] == "capella_quadpol")
+    samples = list(wds.WebDataset(str(demo_build / capella["path"]), shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == [i["key"] for i in capella["items"]]
+    sample = samples[0]
+    image, valid, meta = sample["image.npy"], sample["valid.npy"], sample["json"]
+    assert image.dtype == np.float32 and image.shape == (8, 64, 64) and np.isfinite(image).all()
+    assert valid.dtype == np.uint8 and valid.shape == (64, 64)
+    assert meta["crs"] == "EPSG:32631" and meta["channels"] == 8 and meta["bands"] == ["HH", "HV", "VH", "VV"]
+    assert meta["bounds"] == capella["items"][0]["bounds"] and len(meta["transform"]) == 6
+    assert {"source", "modality", "scene", "row", "col", "channel_names"} <= set(meta)
+
+
+def test_verify_passes_and_names_a_truncated_shard(demo_build, tmp_path):
+    summary = verify(demo_build, deep=True)
+    assert summary["samples"] == _manifest(demo_build)["samples"] and not summary["unlisted_shards"]
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_build, copy)
+    shard = copy / _manifest(copy)["shards"][-1]["path"]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"{shard.name}: \d+ bytes, manifest says"):
+        verify(copy)
+
+
+def test_verify_names_a_flipped_byte_and_a_missing_shard(demo_build, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_build, copy)
+    first = copy / _manifest(copy)["shards"][0]["path"]
+    data = bytearray(first.read_bytes())
+    data[2000] ^= 0xFF
+    first.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{first.name}: sha256 .* does not match"):
+        verify(copy)
+    first.unlink()
+    with pytest.raises(DataError, match=rf"{first.name}: shard listed in the manifest is missing"):
+        verify(copy)
+
+
+def test_verify_counts_samples_in_the_tar(demo_build, tmp_path):
+    """A manifest whose hashes match but whose counts lie is caught by reading the tar."""
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_build, copy)
+    manifest = _manifest(copy)
+    manifest["shards"][0]["samples"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"{manifest['shards'][0]['path']}: holds \d+ samples"):
+        verify(copy)
+
+
+def test_rebuild_is_byte_identical_and_resume_reuses(demo_build, tmp_path):
+    out_dir = tmp_path / "again"
+    config = load_build_config(DEMO_CONFIG, [f"out_dir={out_dir}"])
+    manifest = build(config, config_dir=DEMO_CONFIG.parent)
+    before = _manifest(demo_build)
+    assert [e["sha256"] for e in manifest["shards"]] == [e["sha256"] for e in before["shards"]]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.tar")}
+    again = build(config, config_dir=DEMO_CONFIG.parent, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.tar")} == stamps  # nothing rewritten
+    assert again["shards"] == manifest["shards"] and verify(out_dir)["samples"] == manifest["samples"]
+
+
+def test_shards_roll_over_and_stale_shards_go(tmp_path):
+    out_dir = tmp_path / "out"
+    rgb = str(DEMO / "landsat7_etm" / "RGB.byte.tif")
+    inputs = [InputSpec("landsat7_etm", rgb, band_indexes={"B3": 1, "B2": 2, "B1": 3})]
+    config = BuildConfig(inputs=inputs, out_dir=str(out_dir), tile_size=64, shard_max_samples=10)
+    manifest = build(config)
+    assert [e["samples"] for e in manifest["shards"]][:-1] == [10] * (len(manifest["shards"]) - 1)
+    config.shard_max_samples = 1000
+    config.shard_max_bytes = 200_000
+    manifest = build(config)
+    assert all(e["bytes"] <= 200_000 for e in manifest["shards"])
+    assert sorted(p.name for p in out_dir.glob("*.tar")) == sorted(e["path"] for e in manifest["shards"])
+    verify(out_dir, deep=True)
+
+
+def test_failed_build_leaves_no_tmp_and_no_manifest(tmp_path, monkeypatch):
+    out_dir = tmp_path / "out"
+    config = load_build_config(DEMO_CONFIG, [f"out_dir={out_dir}", "shard_max_samples=5"])
+    build(config, config_dir=DEMO_CONFIG.parent)
+    assert not list(out_dir.glob("*.tmp"))
+    calls = {"n": 0}
+    real_normalize = build_module.normalize
+
+    def failing_normalize(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 12:  # fail in the middle of a shard
+            raise OSError("disk on fire")
+        return real_normalize(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "normalize", failing_normalize)
+    with pytest.raises(OSError, match="disk on fire"):
+        build(config, config_dir=DEMO_CONFIG.parent)
+    assert not list(out_dir.glob("*.tmp"))
+    assert not (out_dir / "manifest.json").exists()  # no manifest describing shards it did not write
+
+
+def test_nan_raster_gives_skipped_tiles_and_no_nan(tmp_path):
+    data = np.full((4, 128, 192), 900.0, dtype=np.float64)
+    data[:, :, :100] = np.nan  # tiles 0 and 1 of each row are (mostly) NaN
+    write_geotiff(tmp_path / "nan_ms.tif", data)
+    config = BuildConfig(inputs=[InputSpec("worldview2", "nan_ms.tif")], out_dir=str(tmp_path / "out"), tile_size=64)
+    manifest = build(config, config_dir=tmp_path)
+    assert manifest["skipped"] == {"low_valid_fraction": 4} and manifest["samples"] == 2
+    verify(tmp_path / "out", deep=True)  # deep: every image finite
+
+
+def test_real_nan_masked_sar(real_pack, tmp_path):
+    """sar_masked.tif (shared pack): dB intensity with NaN-masked areas, read as Sentinel-1-like VV/VH."""
+    config = BuildConfig(
+        inputs=[
+            InputSpec(
+                "sentinel1_grd",
+                str(real_pack / "spacenet6_capella_sar" / "sar_masked.tif"),
+                band_indexes={"VV": 4, "VH": 3},  # file bands: HH, HV, VH, VV (dB intensity)
+            )
+        ],
+        out_dir=str(tmp_path / "out"),
+        tile_size=64,
+        tile_stride=32,
+    )
+    manifest = build(config)
+    assert manifest["skipped"]["low_valid_fraction"] > 0 and manifest["samples"] > 0
+    entry = manifest["shards"][0]
+    with tarfile.open(tmp_path / "out" / entry["path"]) as tar:
+        arrays = {m.name: np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar if m.name.endswith(".npy")}
+    images = [a for name, a in arrays.items() if name.endswith("image.npy")]
+    masks = [a for name, a in arrays.items() if name.endswith("valid.npy")]
+    assert all(np.isfinite(a).all() for a in images)
+    assert any((m == 0).any() for m in masks)  # kept tiles still carry masked pixels
+    assert all(((img[:, m == 0]) == 0).all() for img, m in zip(images, masks))
+
+
+def test_cli_build_and_verify(tmp_path, capsys):
+    out_dir = tmp_path / "cli"
+    assert main(["build", "--config", str(DEMO_CONFIG), f"out_dir={out_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "capella_quadpol" in out and "skipped tiles: low_valid_fraction=" in out
+    assert main(["verify", str(out_dir)]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert not list(out_dir.glob("*.tmp"))
+
+
+def test_no_machine_paths_in_committed_files():
+    for path in [DEMO_CONFIG, DEMO / "MANIFEST.md"]:
+        text = path.read_text()
+        assert "/work/" not in text and "/root/" not in text and "/tmp/" not in text
+
+
+@pytest.mark.skipif(not SHARED_REAL.is_dir(), reason="shared real-sample pack not present beside the repo")
+def test_demo_files_are_byte_identical_to_the_shared_pack():
+    records = {r["path"]: r["sha256"] for r in json.loads((SHARED_REAL / "manifest.json").read_text())["files"]}
+    data_files = [p for p in DEMO.rglob("*") if p.is_file() and p.suffix in (".tif", ".json")]
+    assert len(data_files) == 55
+    for path in data_files:
+        assert sha256_file(path) == records[str(path.relative_to(DEMO))], path

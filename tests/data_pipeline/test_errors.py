@@ -1,0 +1,123 @@
+"""Bad inputs and configs fail with a project error that names the file or key at fault."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.build import build
+from data_pipeline.cli import main
+from data_pipeline.config import BuildConfig, InputSpec, load_build_config
+from ringmoe.core.errors import ConfigError, DataError
+from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, S2_SCENE, write_geotiff
+
+
+def _s2_copy(tmp_path: Path) -> Path:
+    scene = tmp_path / "scenes" / S2_SCENE.name
+    shutil.copytree(S2_SCENE, scene)
+    return scene
+
+
+def _build_s2(tmp_path: Path, scenes: str = "scenes/*") -> None:
+    config = BuildConfig(
+        inputs=[InputSpec("sentinel2_l2a", scenes, band_files="{scene}_{band}.tif")],
+        out_dir=str(tmp_path / "out"),
+        tile_size=64,
+    )
+    build(config, config_dir=tmp_path)
+
+
+def test_missing_band_file_names_the_file(tmp_path):
+    scene = _s2_copy(tmp_path)
+    (scene / f"{scene.name}_B08.tif").unlink()
+    with pytest.raises(DataError, match=rf"{scene.name}_B08\.tif.*band 'B08'.*not found"):
+        _build_s2(tmp_path)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_band_file_with_two_bands_names_the_file(tmp_path):
+    scene = _s2_copy(tmp_path)
+    write_geotiff(scene / f"{scene.name}_B03.tif", np.ones((2, 120, 120), dtype=np.uint16))
+    with pytest.raises(DataError, match=rf"{scene.name}_B03\.tif: expected 1 band"):
+        _build_s2(tmp_path)
+
+
+def test_band_files_on_different_grids_name_the_file(tmp_path):
+    scene = _s2_copy(tmp_path)
+    write_geotiff(scene / f"{scene.name}_B04.tif", np.ones((1, 60, 60), dtype=np.uint16), crs="EPSG:32633")
+    with pytest.raises(DataError, match=rf"{scene.name}_B04\.tif: shape \(60, 60\) differs"):
+        _build_s2(tmp_path)
+
+
+def test_wrong_band_count_of_multiband_file(tmp_path):
+    config = BuildConfig(
+        inputs=[InputSpec("worldview2", str(DEMO / "spacenet6_worldview2" / "rgb_unmasked.tif"))],
+        out_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(DataError, match=r"rgb_unmasked\.tif: expected 4 bands .* found 3"):
+        build(config)
+
+
+def test_real_data_where_complex_is_expected(tmp_path):
+    config = BuildConfig(
+        inputs=[InputSpec("capella_quadpol", str(DEMO / "spacenet6_worldview2" / "ms1.tif"))],
+        out_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(DataError, match=r"ms1\.tif: band 1 is float64, source 'capella_quadpol' needs complex"):
+        build(config)
+
+
+def test_glob_matching_nothing(tmp_path):
+    with pytest.raises(DataError, match="matches nothing"):
+        _build_s2(tmp_path, scenes="nowhere/*")
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "build.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    path = _yaml(tmp_path, "out_dir: x\ntile_sise: 64\ninputs: [{source: sentinel2_l2a, scenes: '*'}]\n")
+    with pytest.raises(ConfigError, match="tile_sise"):
+        load_build_config(path)
+
+
+def test_unknown_input_key_is_named(tmp_path):
+    path = _yaml(tmp_path, "out_dir: x\ninputs: [{source: sentinel2_l2a, scenes: '*', band_file: '{band}.tif'}]\n")
+    with pytest.raises(ConfigError, match="band_file"):
+        load_build_config(path)
+
+
+def test_bad_values_and_placeholders_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="min_valid_fraction"):
+        load_build_config(DEMO_CONFIG, ["min_valid_fraction=1.5"])
+    inputs = "[{source: sentinel2_l2a, scenes: '*', band_files: '{tile}_{band}.tif'}]"
+    path = _yaml(tmp_path, f"out_dir: x\ninputs: {inputs}\n")
+    with pytest.raises(ConfigError, match=r"inputs\[0\]\.band_files.*tile"):
+        load_build_config(path)
+    path = _yaml(tmp_path, "out_dir: x\ninputs: [{source: sentinel3, scenes: '*'}]\n")
+    with pytest.raises(ConfigError, match="unknown source 'sentinel3'"):
+        build(load_build_config(path), tmp_path)
+    with pytest.raises(ConfigError, match="do not fit"):
+        load_build_config(DEMO_CONFIG, ["inputs.0.source=sentinel3"])
+
+
+def test_cli_prints_error_without_traceback(tmp_path, capsys):
+    path = _yaml(tmp_path, "out_dir: x\nbogus_key: 1\ninputs: []\n")
+    assert main(["build", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bogus_key" in err and "Traceback" not in err
+    assert main(["verify", str(tmp_path / "nothing")]) == 2
+    assert "manifest not found" in capsys.readouterr().err
+
+
+def test_unreadable_band_file_names_the_file(tmp_path):
+    scene = _s2_copy(tmp_path)
+    (scene / f"{scene.name}_B02.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(DataError, match=rf"{scene.name}_B02\.tif: cannot open raster"):
+        _build_s2(tmp_path)
