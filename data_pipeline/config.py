@@ -56,11 +56,7 @@ class BuildConfig:
 
 def load_build_config(path: str | Path, overrides: Sequence[str] = ()) -> BuildConfig:
     """Strictly load a build YAML (unknown keys are errors) and check value ranges."""
-    try:
-        config = load_structured(BuildConfig, path, overrides)
-    except TypeError as exc:
-        # OmegaConf raises a bare TypeError when an override turns a list into a mapping (``inputs.0.x=...``).
-        raise ConfigError(f"{path}: overrides {list(overrides)} do not fit the config's structure ({exc})") from None
+    config = load_structured(BuildConfig, path, overrides)
     validate(config, str(path))
     return config
 

@@ -110,6 +110,11 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard in progress (its ``.tmp`` file); finished shards stay."""
         if self._file is not None:
+            if self._tar is not None:
+                try:  # close the tar stream first, or its finalizer later writes to the closed file
+                    self._tar.close()
+                except (OSError, ValueError):
+                    pass
             self._file.close()
             self._tmp_path().unlink(missing_ok=True)
         self._file = self._hashing = self._tar = None

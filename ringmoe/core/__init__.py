@@ -1,16 +1,5 @@
-"""Bottom layer: types shared by every stage, the sensor registry and the shard sample schema."""
+"""Bottom layer: batch/output types, the sensor registry, the shard sample schema and project errors.
 
-from ringmoe.core.batch import MODALITIES, ModelOutput, MultiModalBatch, RouterStats
-from ringmoe.core.errors import RingMoEError
-from ringmoe.core.sensors import SensorSpec, SensorRegistry, load_registry
-
-__all__ = [
-    "MODALITIES",
-    "ModelOutput",
-    "MultiModalBatch",
-    "RouterStats",
-    "RingMoEError",
-    "SensorSpec",
-    "SensorRegistry",
-    "load_registry",
-]
+Import from the submodules (``ringmoe.core.sensors``...): this package does not import them eagerly, so the
+offline data pipeline can use the registry without loading torch.
+"""

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-# RingMoE's four modality groups; order fixes the order modalities are stacked on the batch axis.
-MODALITIES: tuple[str, ...] = ("optical", "multispectral", "sar_amplitude", "sar_complex")
+from ringmoe.core.modalities import MODALITIES
+
+__all__ = ["MODALITIES", "ModelOutput", "MultiModalBatch", "RouterStats"]
 
 
 @dataclass

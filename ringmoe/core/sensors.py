@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ringmoe.core.batch import MODALITIES
+from ringmoe.core.modalities import MODALITIES
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.structured import load_structured
 

@@ -41,6 +41,8 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{where}: {_describe(exc)}") from None
+    except (TypeError, ValueError) as exc:  # OmegaConf raises these bare for e.g. list-index overrides
+        raise ConfigError(f"{where}: overrides {list(overrides)} do not fit the config's structure ({exc})") from None
 
 
 def from_dict(schema: type[T], data: dict, where: str) -> T:

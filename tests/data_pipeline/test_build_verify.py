@@ -20,7 +20,7 @@ from data_pipeline.manifest import sha256_file
 from data_pipeline.verify import verify
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import DataError
-from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, SHARED_REAL, write_geotiff
+from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, write_geotiff
 
 SHARD_KEYS = {"path", "source", "modality", "samples", "bytes", "sha256", "items"}
 
@@ -194,9 +194,9 @@ def test_cli_build_and_verify(tmp_path, capsys):
 
 
 def test_no_machine_paths_in_committed_files():
-    for path in [DEMO_CONFIG, DEMO / "MANIFEST.md"]:
+    for path in [DEMO_CONFIG, DEMO / "MANIFEST.md", DEMO / "README.md"]:
         text = path.read_text()
-        assert "/work/" not in text and "/root/" not in text and "/tmp/" not in text
+        assert str(REPO.parent) not in text and str(Path.home()) not in text, path
 
 
 @pytest.mark.skipif(not SHARED_REAL.is_dir(), reason="shared real-sample pack not present beside the repo")
