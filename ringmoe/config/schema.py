@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import ConfigError

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ringmoe.core.modalities import MODALITIES
 from ringmoe.core.errors import ConfigError
+from ringmoe.core.modalities import MODALITIES
 from ringmoe.core.structured import load_structured
 
 # Channels each modality group feeds to its patch embedding. Every source of a group maps its bands onto this.

@@ -106,9 +106,7 @@ class RingMoEEncoder(nn.Module):
             parts.append(x)
         return torch.cat(parts, dim=0)
 
-    def forward_features(
-        self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None
-    ) -> ModelOutput:
+    def forward_features(self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None) -> ModelOutput:
         """``masks``: per modality a (B_m, H/patch, W/patch) 0/1 tensor of patches to hide (SimMIM)."""
         sizes = batch.sizes()
         x = self.embed(batch, masks)

@@ -21,8 +21,16 @@ def write_geotiff(
     """A real GeoTIFF of ``array`` ``(B, H, W)`` at 10 m, written with rasterio."""
     bands, height, width = array.shape
     with rasterio.open(
-        path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=array.dtype,
-        crs=crs, transform=Affine.translation(*origin) @ Affine.scale(10.0, -10.0), nodata=nodata,
+        path,
+        "w",
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=bands,
+        dtype=array.dtype,
+        crs=crs,
+        transform=Affine.translation(*origin) @ Affine.scale(10.0, -10.0),
+        nodata=nodata,
     ) as ds:
         ds.write(array)
     return path

@@ -11,7 +11,10 @@ from ringmoe.objectives.simmim import MaskGenerator, masked_l1
 def batch_for(config: ModelConfig, per_modality: int = 2, seed: int = 0) -> MultiModalBatch:
     g = torch.Generator().manual_seed(seed)
     return MultiModalBatch(
-        {m: torch.randn(per_modality, c, config.img_size, config.img_size, generator=g) for m, c in config.in_chans.items()}
+        {
+            m: torch.randn(per_modality, c, config.img_size, config.img_size, generator=g)
+            for m, c in config.in_chans.items()
+        }
     )
 
 
@@ -83,10 +86,16 @@ def test_every_expert_gets_gradient_over_a_few_steps() -> None:
         batch = batch_for(config, seed=step)
         g = torch.Generator().manual_seed(step)
         # Per-sample contrast: untrained routers send near-identical tokens (plain noise) to one expert.
-        batch.images = {m: x * torch.rand(x.shape[0], x.shape[1], 1, 1, generator=g) * 3 for m, x in batch.images.items()}
+        batch.images = {
+            m: x * torch.rand(x.shape[0], x.shape[1], 1, 1, generator=g) * 3 for m, x in batch.images.items()
+        }
         step_masks = masks.for_batch(batch, g)
         reconstructions, output = model(batch, step_masks)
-        loss = sum(masked_l1(reconstructions[m], batch.images[m], masks.to_pixels(step_masks[m])) for m in reconstructions)
+        loss = sum(
+            masked_l1(reconstructions[m], batch.images[m], masks.to_pixels(step_masks[m])) for m in reconstructions
+        )
         (loss + output.aux_loss).backward()
-    missing = [n for n, p in model.named_parameters() if ".experts." in n and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n for n, p in model.named_parameters() if ".experts." in n and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert not missing, missing[:5]
