@@ -16,12 +16,15 @@ from ringmoe.core.errors import RingMoEError
 
 def _train(args: argparse.Namespace) -> None:
     from ringmoe.config.schema import load_config
+
+    # Validate the config before importing DeepSpeed, so a typo fails in a fraction of a second.
+    config = load_config(args.config, args.overrides)
+    import torch.distributed as dist
+
     from ringmoe.parallel.distributed import shutdown
     from ringmoe.train.loop import train
 
-    config = load_config(args.config, args.overrides)
     result = train(config)
-    import torch.distributed as dist
 
     if dist.get_rank() == 0:
         print(
