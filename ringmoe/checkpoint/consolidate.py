@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ringmoe.checkpoint.atomic import atomic_write_json
 from ringmoe.checkpoint.safetensors_io import write_sharded
 from ringmoe.checkpoint.save import META_NAME
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import CheckpointError
+from ringmoe.core.files import atomic_write_json
 from ringmoe.core.structured import from_dict, to_dict
 from ringmoe.models.build import build_model
 from ringmoe.parallel.moe_keys import is_expert_key, to_single_device_key

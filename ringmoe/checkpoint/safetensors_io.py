@@ -6,26 +6,17 @@ one shard, not the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ringmoe.checkpoint.atomic import atomic_write_json
 from ringmoe.core.errors import CheckpointError
+from ringmoe.core.files import atomic_write_json, sha256_file
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _plan(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[list[str]]:
@@ -54,7 +45,7 @@ def write_sharded(
         tmp = out_dir / f".{name}.tmp"
         save_file({n: state[n] for n in names}, str(tmp), metadata=metadata)
         tmp.replace(path)
-        checksums[name] = sha256_of(path)
+        checksums[name] = sha256_file(path)
         weight_map.update({n: name for n in names})
         written.append(path)
     total = sum(t.numel() * t.element_size() for t in state.values())
@@ -76,7 +67,7 @@ def read_sharded(directory: Path, verify: bool = True) -> dict[str, torch.Tensor
         if not path.is_file():
             raise CheckpointError(f"{path}: shard listed in {INDEX_NAME} is missing")
         expected = index["metadata"].get("sha256", {}).get(name)
-        if verify and expected and sha256_of(path) != expected:
+        if verify and expected and sha256_file(path) != expected:
             raise CheckpointError(f"{path}: sha256 does not match {INDEX_NAME} (corrupt or truncated)")
         state.update(load_file(str(path)))
     return state

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ringmoe.checkpoint.atomic import atomic_write_json, atomic_write_text
 from ringmoe.config.schema import RunConfig
+from ringmoe.core.files import atomic_write_json, atomic_write_text
 from ringmoe.core.structured import to_dict, to_yaml
 
 FORMAT_VERSION = 1

@@ -9,6 +9,12 @@ The dataset directory holds ``manifest.json`` (``MANIFEST_NAME``) listing every 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+from ringmoe.core.errors import DataError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 IMAGE_EXT = "image.npy"
@@ -20,3 +26,20 @@ SAMPLE_EXTS = (IMAGE_EXT, VALID_EXT, META_EXT)
 def sample_key(source: str, scene: str, row: int, col: int) -> str:
     """Webdataset keys must not contain dots: they split the key from the member extension."""
     return f"{source}-{scene}-r{row:05d}-c{col:05d}".replace(".", "_")
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Read and check a dataset's manifest; every problem names the manifest file."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found; build the dataset with `ringmoe-data build` first")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise DataError(f"{path}: manifest has no 'shards' list")
+    version = manifest.get("format_version")
+    if version != MANIFEST_FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {version!r}, this reader understands {MANIFEST_FORMAT_VERSION}")
+    return manifest

@@ -21,17 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, MANIFEST_NAME, META_EXT
-
-
-def read_manifest(root: str | Path) -> dict:
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(f"{path}: no shard manifest; build the dataset with `ringmoe-data build` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: manifest is not valid JSON ({exc})") from None
+from ringmoe.core.schema import IMAGE_EXT, MANIFEST_NAME, META_EXT, read_manifest
 
 
 def iter_shard(path: Path) -> Iterator[tuple[str, np.ndarray, dict]]:

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ringmoe.checkpoint.atomic import atomic_write_json, atomic_write_text
 from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME
-from ringmoe.checkpoint.safetensors_io import read_sharded, sha256_of
+from ringmoe.checkpoint.safetensors_io import read_sharded
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import CheckpointError
+from ringmoe.core.files import atomic_write_json, atomic_write_text, sha256_file
 from ringmoe.core.sensors import load_registry
 from ringmoe.core.structured import from_dict
 
@@ -95,7 +95,7 @@ def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32"
     tmp = out_dir / ".model.safetensors.tmp"
     save_file(encoder_state, str(tmp), metadata={"format": "pt"})
     tmp.replace(weights)
-    atomic_write_json(out_dir / "checksums.json", {"model.safetensors": sha256_of(weights)})
+    atomic_write_json(out_dir / "checksums.json", {"model.safetensors": sha256_file(weights)})
     atomic_write_text(out_dir / "README.md", _model_card(model_config, config["sensors"]))
     return out_dir
 

@@ -1,7 +1,9 @@
-"""Atomic file writes: write beside the target, then rename, so a crash never leaves a half-written file."""
+"""File helpers shared by every stage: atomic writes (temp file beside the target, fsync, rename, so a crash
+never leaves a half-written file) and streaming sha256."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -28,3 +30,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
