@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import re
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from data_pipeline.manifest import manifest_path, read_manifest, sha256_file
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, META_EXT, SAMPLE_EXTS, VALID_EXT
+from ringmoe.core.schema import IMAGE_EXT, META_EXT, SAMPLE_EXTS, VALID_EXT, read_shard_members
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +71,7 @@ def _check_file(path: Path, entry: dict[str, Any]) -> None:
 
 def _read_keys(path: Path, entry: dict[str, Any], deep: bool, manifest: dict[str, Any]) -> list[str]:
     """Sample keys in tar order; every sample must have exactly the schema's members."""
-    members: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                key, _, ext = info.name.partition(".")
-                parts = members.setdefault(key, {})
-                parts[ext] = tar.extractfile(info).read() if deep and info.isfile() else b""  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: corrupt shard ({exc})") from None
+    members = read_shard_members(path, with_data=deep)
     for key, parts in members.items():
         if sorted(parts) != sorted(SAMPLE_EXTS):
             raise DataError(f"{path}: sample {key!r} has members {sorted(parts)}, expected {sorted(SAMPLE_EXTS)}")

@@ -10,6 +10,7 @@ The dataset directory holds ``manifest.json`` (``MANIFEST_NAME``) listing every 
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,23 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     if version != MANIFEST_FORMAT_VERSION:
         raise DataError(f"{path}: format_version {version!r}, this reader understands {MANIFEST_FORMAT_VERSION}")
     return manifest
+
+
+def read_shard_members(path: Path, with_data: bool = True) -> dict[str, dict[str, bytes]]:
+    """Group a shard's tar members by sample key, in tar order: ``{key: {ext: bytes}}``.
+
+    With ``with_data=False`` only the member names are read (values are ``b""``). A corrupt or truncated tar
+    raises ``DataError`` naming the shard.
+    """
+    members: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, ext = info.name.partition(".")
+                data = tar.extractfile(info).read() if with_data else b""  # type: ignore[union-attr]
+                members.setdefault(key, {})[ext] = data
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: corrupt or truncated shard ({exc})") from None
+    return members

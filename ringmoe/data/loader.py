@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,27 +20,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, MANIFEST_NAME, META_EXT, read_manifest
+from ringmoe.core.schema import IMAGE_EXT, MANIFEST_NAME, META_EXT, read_manifest, read_shard_members
 
 
 def iter_shard(path: Path) -> Iterator[tuple[str, np.ndarray, dict]]:
     """Yield (key, image, metadata) from one shard; a corrupt tar or member raises naming the shard."""
-    members: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    try:
-        with tarfile.open(path) as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, _, ext = info.name.partition(".")
-                if key not in members:
-                    members[key] = {}
-                    order.append(key)
-                members[key][ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: corrupt or truncated shard ({exc})") from None
-    for key in order:
-        parts = members[key]
+    members = read_shard_members(path)
+    for key, parts in members.items():
         if IMAGE_EXT not in parts or META_EXT not in parts:
             raise DataError(f"{path}: sample {key!r} lacks {IMAGE_EXT} or {META_EXT} (has {sorted(parts)})")
         image = np.load(io.BytesIO(parts[IMAGE_EXT]), allow_pickle=False)
