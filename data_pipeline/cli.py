@@ -1,6 +1,7 @@
 """``ringmoe-data build --config FILE [key=value ...]`` and ``ringmoe-data verify DIR``.
 
 A ``RingMoEError`` (bad config key, missing band file, corrupt shard) prints ``error: <message>`` and exits 2.
+Bad inputs are quarantined and counted in the summary (and the manifest); ``--strict`` fails on the first.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data_pipeline.build import build_from_file
-from data_pipeline.verify import verify
+from data_pipeline.manifest import read_manifest
+from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.errors import RingMoEError
+from ringmoe.core.files import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,10 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     build_cmd = commands.add_parser("build", help="tile, normalize and shard the inputs of a build config")
     build_cmd.add_argument("--config", required=True, type=Path, help="build YAML")
     build_cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    build_cmd.add_argument("--resume", action="store_true", help="reuse unchanged sources' intact shards")
-    verify_cmd = commands.add_parser("verify", help="re-hash shards and count samples against the manifest")
+    build_cmd.add_argument("--resume", action="store_true", help="keep finished shards of unchanged parts")
+    build_cmd.add_argument("--strict", action="store_true", help="fail on the first bad input instead of quarantining")
+    verify_cmd = commands.add_parser("verify", help="re-hash shards and check samples against the manifest")
     verify_cmd.add_argument("dir", type=Path, help="dataset directory holding manifest.json")
     verify_cmd.add_argument("--deep", action="store_true", help="also decode and check every sample")
+    verify_cmd.add_argument("--strict", action="store_true", help="stop at the first problem")
+    verify_cmd.add_argument("--report", type=Path, help="write the full report (every problem) as JSON here")
     return parser
 
 
@@ -43,14 +50,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with logging_redirect_tqdm():
             if args.command == "build":
-                manifest = build_from_file(args.config, args.overrides, resume=args.resume)
-                print(_build_summary(manifest, manifest["config"]["out_dir"], time.perf_counter() - start))
+                strict = True if args.strict else None
+                manifest = build_from_file(args.config, args.overrides, resume=args.resume, strict=strict)
+                print(build_summary(manifest, manifest["config"]["out_dir"], time.perf_counter() - start))
             else:
-                summary = verify(args.dir, deep=args.deep)
-                print(_verify_summary(summary, args.dir, time.perf_counter() - start))
+                return _verify(args, start)
     except RingMoEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _verify(args: argparse.Namespace, start: float) -> int:
+    shards = len(read_manifest(args.dir)["shards"])
+    with tqdm(total=shards, unit="shard", desc="verify", disable=None) as bar:
+        try:
+            report = verify(args.dir, deep=args.deep, strict=args.strict, on_shard=lambda: bar.update(1))
+            failure = None
+        except VerifyError as exc:
+            report, failure = exc.report, exc
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(verify_summary(report, args.dir, time.perf_counter() - start))
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -58,29 +82,40 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _build_summary(manifest: dict[str, Any], out_dir: str, seconds: float) -> str:
+def build_summary(manifest: dict[str, Any], out_dir: str, seconds: float) -> str:
+    """The end-of-build table: per stream samples, skipped, quarantined, shards, bytes; totals and throughput."""
     total_bytes = sum(entry["bytes"] for entry in manifest["shards"])
+    seconds = max(seconds, 1e-9)
+    rate = f"{manifest['samples'] / seconds:.0f} samples/s, {total_bytes / 2**20 / seconds:.1f} MiB/s"
     lines = [
-        f"built {out_dir} in {seconds:.1f} s: {manifest['samples']} samples, "
-        f"{len(manifest['shards'])} shards, {_mb(total_bytes)}",
-        f"  {'source':<18}{'modality':<15}{'scenes':>7}{'samples':>9}{'skipped':>9}{'shards':>8}{'size':>12}",
+        f"built {out_dir} in {seconds:.1f} s: {manifest['samples']} samples, {len(manifest['shards'])} shards, "
+        f"{_mb(total_bytes)} ({rate})",
+        f"  {'stream':<18}{'kind':<9}{'modality':<15}{'groups':>7}{'samples':>9}{'skipped':>9}{'quarant.':>9}"
+        f"{'shards':>8}{'size':>12}",
     ]
-    for name, s in manifest["sources"].items():
+    for name, s in manifest["streams"].items():
         lines.append(
-            f"  {name:<18}{s['modality']:<15}{s['scenes']:>7}{s['samples']:>9}{sum(s['skipped'].values()):>9}"
-            f"{s['shards']:>8}{_mb(s['bytes']):>12}"
+            f"  {name:<18}{s['kind']:<9}{s['modality'] or '-':<15}{s['groups']:>7}{s['samples']:>9}"
+            f"{sum(s['skipped'].values()):>9}{s['quarantined']:>9}{s['shards']:>8}{_mb(s['bytes']):>12}"
         )
-    lines.append("  per modality: " + ", ".join(f"{m}={n}" for m, n in manifest["modalities"].items()))
+    lines.append("  per modality: " + (", ".join(f"{m}={n}" for m, n in manifest["modalities"].items()) or "none"))
     skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
     lines.append(f"  skipped tiles: {skipped}")
+    quarantined = manifest["quarantined"]
+    lines.append(f"  quarantined: {len(quarantined)}" + (" (see 'quarantined' in the manifest)" if quarantined else ""))
+    for item in quarantined[:10]:
+        lines.append(f"    {item['file']}: {item['reason']}")
     return "\n".join(lines)
 
 
-def _verify_summary(summary: dict[str, Any], out_dir: Path, seconds: float) -> str:
-    per_source = ", ".join(f"{name}={n}" for name, n in summary["sources"].items())
+def verify_summary(report: dict[str, Any], out_dir: Path, seconds: float) -> str:
+    per_stream = ", ".join(f"{name}={n}" for name, n in report["sources"].items())
+    status = "ok" if not report["problems"] else f"{len(report['problems'])} problem(s)"
+    rate = f"{report['bytes'] / 2**20 / seconds:.1f} MiB/s" if seconds else ""
     return (
-        f"verified {out_dir} in {seconds:.1f} s: {summary['shards']} shards, {summary['samples']} samples, "
-        f"{_mb(summary['bytes'])} ok\n  per source: {per_source}"
+        f"verified {out_dir} in {seconds:.1f} s ({rate}): {report['shards']} shards, {report['samples']} samples, "
+        f"{_mb(report['bytes'])}: {status}\n  per stream: {per_stream}\n"
+        f"  quarantined: {report['quarantined_shards']} shard(s), {report['quarantined_samples']} sample(s)"
     )
 
 

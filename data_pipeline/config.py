@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,10 @@ from typing import Any, Optional, Sequence
 
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.structured import load_structured, to_dict
+
+# Acquisition time in a scene name, e.g. S2A_MSIL2A_20170613T101031_87_48 -> 2017-06-13T10:10:31.
+TIME_PATTERN = r"(\d{8}T\d{6})"
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 
 # Placeholders a ``band_files`` pattern may use; anything else is a config error, not a missing file.
 BAND_FILE_FIELDS = ("scene", "band", "band_lower")
@@ -38,8 +43,43 @@ class InputSpec:
 
 
 @dataclass
+class PairSpec:
+    """Co-registered samples: scenes of several sources that cover one footprint, on one common grid.
+
+    Scenes of each input are matched by the ``footprint`` regex (group 1 of a search in the scene name); the
+    first input's grid is the common grid and the other inputs are reprojected onto it (``rasterio.warp``).
+    Footprints missing from any input are counted as unpaired and logged.
+    """
+
+    name: str
+    inputs: list[InputSpec] = field(default_factory=list)
+    footprint: str = r"_(\d+_\d+)$"
+    time_pattern: str = TIME_PATTERN
+    resampling: str = "bilinear"
+
+
+@dataclass
+class SequenceSpec:
+    """Multi-date samples of one footprint: ``image.npy`` (T, C, H, W) with ``timestamps`` in the JSON.
+
+    Either each scene of ``input`` is one date (grouped into sequences by the ``footprint`` regex, ordered by
+    the time parsed with ``time_pattern``, later dates reprojected onto the first date's grid), or a scene is a
+    zarr time cube (``dims`` with ``time``) that is one sequence by itself.
+    """
+
+    name: str
+    input: InputSpec = field(default_factory=lambda: InputSpec(source="", scenes=""))
+    footprint: str = r"_(\d+_\d+)$"
+    time_pattern: str = TIME_PATTERN
+    min_steps: int = 2
+    resampling: str = "bilinear"
+
+
+@dataclass
 class BuildConfig:
     inputs: list[InputSpec] = field(default_factory=list)
+    pairs: list[PairSpec] = field(default_factory=list)
+    sequences: list[SequenceSpec] = field(default_factory=list)
     out_dir: str = "???"
     sources_dir: str = ""  # "" = the repository's configs/data/sources
     tile_size: int = 192
@@ -47,7 +87,9 @@ class BuildConfig:
     min_valid_fraction: float = 0.5
     shard_max_samples: int = 1000
     shard_max_bytes: int = 512 * 2**20
-    workers: int = 1  # processes; each builds whole sources
+    workers: int = 1  # processes; each builds whole parts
+    scenes_per_part: int = 16  # scenes (or pairs / sequences) per unit of parallel, resumable work
+    strict: bool = False  # fail on the first bad input instead of quarantining it
 
     @property
     def stride(self) -> int:
@@ -65,8 +107,8 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{where}: key {key!r}: {why}")
 
-    if not config.inputs:
-        raise bad("inputs", "no inputs listed")
+    if not (config.inputs or config.pairs or config.sequences):
+        raise bad("inputs", "no inputs, pairs or sequences listed")
     if config.out_dir in ("", "???"):
         raise bad("out_dir", "not set")
     if config.tile_size <= 0:
@@ -81,7 +123,31 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
         raise bad("shard_max_bytes", f"must be >= 1, got {config.shard_max_bytes}")
     if config.workers < 1:
         raise bad("workers", f"must be >= 1, got {config.workers}")
-    for i, spec in enumerate(config.inputs):
+    if config.scenes_per_part < 1:
+        raise bad("scenes_per_part", f"must be >= 1, got {config.scenes_per_part}")
+    names = [p.name for p in config.pairs] + [q.name for q in config.sequences]
+    for key, items in (("pairs", config.pairs), ("sequences", config.sequences)):
+        for i, item in enumerate(items):
+            if not re.fullmatch(r"[A-Za-z0-9_]+", item.name):
+                raise bad(f"{key}[{i}].name", f"{item.name!r}: use letters, digits and _ only")
+            if names.count(item.name) > 1 or item.name in {s.source for s in config.inputs}:
+                raise bad(f"{key}[{i}].name", f"{item.name!r} is used twice (names must be unique)")
+            if item.resampling not in RESAMPLINGS:
+                raise bad(f"{key}[{i}].resampling", f"{item.resampling!r} not in {RESAMPLINGS}")
+            for field_name in ("footprint", "time_pattern"):
+                _check_regex(getattr(item, field_name), f"{key}[{i}].{field_name}", where)
+    for i, pair in enumerate(config.pairs):
+        if len(pair.inputs) < 2:
+            raise bad(f"pairs[{i}].inputs", "a pair needs at least two inputs")
+        if len({spec.source for spec in pair.inputs}) != len(pair.inputs):
+            raise bad(f"pairs[{i}].inputs", "each source may appear once in a pair")
+    for i, seq in enumerate(config.sequences):
+        if not seq.input.source:
+            raise bad(f"sequences[{i}].input", "not set")
+        if seq.min_steps < 1:
+            raise bad(f"sequences[{i}].min_steps", f"must be >= 1, got {seq.min_steps}")
+    all_inputs = list(config.inputs) + [s for p in config.pairs for s in p.inputs] + [q.input for q in config.sequences]
+    for i, spec in enumerate(all_inputs):
         if spec.band_files is not None and spec.band_indexes is not None:
             raise bad(f"inputs[{i}]", "set band_files (one file per band) or band_indexes (multi-band file), not both")
         if spec.band_files is not None:
@@ -89,6 +155,15 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
         for band, index in (spec.band_indexes or {}).items():
             if index < 1:
                 raise bad(f"inputs[{i}].band_indexes.{band}", f"band indexes are 1-based, got {index}")
+
+
+def _check_regex(pattern: str, key: str, where: str) -> None:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}: key {key!r}: bad regular expression {pattern!r} ({exc})") from None
+    if pattern and compiled.groups < 1:
+        raise ConfigError(f"{where}: key {key!r}: {pattern!r} needs a capture group (the part that is kept)")
 
 
 def _check_pattern(pattern: str, key: str, where: str) -> None:

@@ -1,11 +1,9 @@
 """Read and atomically write the dataset manifest; hash files.
 
-Manifest keys (``format_version`` 1): ``format_version``, ``pipeline_version``, ``config``, ``config_hash``,
-``tile_size``, ``tile_stride``, ``min_valid_fraction``, ``samples``, ``modalities`` (samples per modality),
-``sources`` (per source: modality, channels, channel_names, bands, scenes, scenes_without_tiles, samples,
-skipped, shards, bytes, fingerprint), ``skipped`` (tiles per reason, all sources), and ``shards``: a list of
-``{path, source, modality, samples, bytes, sha256, items: [{key, source, modality, crs, bounds}]}`` with
-``path`` relative to the dataset directory.
+The manifest and shard index formats are specified in ``ringmoe.core.schema`` (shared with the loader). Build
+specific sections: ``streams`` (per stream: kind, modality, sources, groups, unmatched scenes, samples,
+skipped, quarantined, shards, bytes, channels), ``sources`` (the single-source streams), ``skipped`` (tiles per
+reason) and ``quarantined`` (``{stream, file, reason}`` per scene or tile that could not be read).
 """
 
 from __future__ import annotations

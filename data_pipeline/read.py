@@ -164,3 +164,9 @@ class SceneReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_scene(scene: Scene, sensor: SensorSpec) -> SceneReader:
+    """The reader for ``scene``; every reader has ``shape``, ``crs``, ``transform``, ``file_nodata()`` and
+    ``read(window)``."""
+    return SceneReader(scene, sensor)

@@ -1,8 +1,9 @@
-"""Write samples into webdataset tar shards, atomically, hashing as they are written.
+"""Write samples into webdataset tar shards with their index, atomically, hashing as they are written.
 
 Each shard goes to ``<name>.tmp`` and is renamed into place only once complete and fsynced, so a crash never
-leaves a truncated ``.tar`` under a final name. Members get a fixed mtime, so equal samples give byte-identical
-shards (and equal sha256) on every rebuild.
+leaves a truncated ``.tar`` under a final name; its index (``<name>.idx.json``, member offsets and sha256) is
+written before the rename. Members get a fixed mtime, so equal samples give byte-identical shards (and equal
+sha256) on every rebuild.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from webdataset import TarWriter
 
+from ringmoe.core.files import atomic_write_bytes
+from ringmoe.core.schema import MANIFEST_FORMAT_VERSION, index_name
+
 TAR_BLOCK = tarfile.BLOCKSIZE
 TAR_RECORD = tarfile.RECORDSIZE  # tarfile pads the archive to a multiple of this
 TAR_END = 2 * TAR_BLOCK  # two zero blocks close an archive
@@ -26,8 +30,9 @@ MEMBER_MTIME = 0
 MEMBER_MODE = 0o444
 
 
-def shard_name(source: str, index: int) -> str:
-    return f"{source}-{index:06d}.tar"
+def shard_name(stream: str, part: int, index: int) -> str:
+    """``<stream>-<part>-<index>.tar``: parts are independent units of ingest work (see ``build``)."""
+    return f"{stream}-{part:05d}-{index:05d}.tar"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -40,13 +45,16 @@ def json_bytes(data: dict) -> bytes:
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
-def member_bytes(name: str, payload: bytes) -> int:
-    """Bytes one member takes in the tar: its header(s), exactly as tarfile encodes them, plus the payload
-    padded to whole blocks."""
+def header_bytes(name: str, size: int) -> int:
+    """Bytes of one member's header(s), exactly as tarfile encodes them (long names add extra blocks)."""
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(payload), MEMBER_MTIME, MEMBER_MODE, "", ""
-    header = info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape")
-    return len(header) + -(-len(payload) // TAR_BLOCK) * TAR_BLOCK
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, MEMBER_MTIME, MEMBER_MODE, "", ""
+    return len(info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+
+def member_bytes(name: str, payload: bytes) -> int:
+    """Bytes one member takes in the tar: its header(s) plus the payload padded to whole blocks."""
+    return header_bytes(name, len(payload)) + -(-len(payload) // TAR_BLOCK) * TAR_BLOCK
 
 
 def archive_bytes(members_size: int) -> int:
@@ -68,39 +76,70 @@ class _HashingFile:
 
 
 class ShardWriter:
-    """Write one source's samples into ``{source}-{index:06d}.tar`` shards under ``out_dir``.
+    """Write one part of a stream's samples into ``shard_name(stream, part, i)`` shards under ``out_dir``.
 
     A shard is closed before a sample would push it past ``max_samples`` or ``max_bytes`` (a single sample
     larger than ``max_bytes`` still gets a shard of its own). ``entries`` holds the manifest record of each
-    finished shard.
+    finished shard; ``on_shard(entry)`` is called after each one is in place (the build journals it there).
+    ``first_index`` continues the numbering of a resumed part.
     """
 
-    def __init__(self, out_dir: Path, source: str, modality: str, max_samples: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        stream: str,
+        part: int,
+        kind: str,
+        modality: str | None,
+        max_samples: int,
+        max_bytes: int,
+        first_index: int = 0,
+        on_shard=None,
+    ) -> None:
         self.out_dir = out_dir
-        self.source = source
+        self.stream = stream
+        self.part = part
+        self.kind = kind
         self.modality = modality
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.first_index = first_index
+        self.on_shard = on_shard
         self.entries: list[dict[str, Any]] = []
         self._file: BinaryIO | None = None
         self._hashing: _HashingFile | None = None
         self._tar: TarWriter | None = None
-        self._items: list[dict[str, Any]] = []
+        self._index: list[dict[str, Any]] = []
+        self._sources: dict[str, int] = {}
         self._members_size = 0
 
-    def write(self, key: str, members: dict[str, bytes], item: dict[str, Any]) -> None:
-        """Add one sample (``members``: extension -> bytes); ``item`` is its record in the manifest."""
+    def write(self, key: str, members: dict[str, bytes], sources: list[str]) -> None:
+        """Add one sample (``members``: extension -> bytes) holding data of ``sources``."""
         size = sum(member_bytes(f"{key}.{ext}", payload) for ext, payload in members.items())
         if self._tar is not None and (
-            len(self._items) >= self.max_samples or archive_bytes(self._members_size + size) > self.max_bytes
+            len(self._index) >= self.max_samples or archive_bytes(self._members_size + size) > self.max_bytes
         ):
             self._finish()
         if self._tar is None:
             self._start()
         assert self._tar is not None
         self._tar.write({"__key__": key, **members})
-        self._members_size += size
-        self._items.append(item)
+        # TarWriter writes members in sorted extension order; record where each one's data starts.
+        offsets = {}
+        position = self._members_size
+        for ext in sorted(members):
+            payload = members[ext]
+            name = f"{key}.{ext}"
+            offsets[ext] = [
+                position + header_bytes(name, len(payload)),
+                len(payload),
+                hashlib.sha256(payload).hexdigest(),
+            ]
+            position += member_bytes(name, payload)
+        self._members_size = position
+        self._index.append({"key": key, "members": offsets})
+        for source in sources:
+            self._sources[source] = self._sources.get(source, 0) + 1
 
     def close(self) -> list[dict[str, Any]]:
         if self._tar is not None:
@@ -129,7 +168,7 @@ class ShardWriter:
             self.abort()
 
     def _final_path(self) -> Path:
-        return self.out_dir / shard_name(self.source, len(self.entries))
+        return self.out_dir / shard_name(self.stream, self.part, self.first_index + len(self.entries))
 
     def _tmp_path(self) -> Path:
         return self._final_path().with_name(self._final_path().name + ".tmp")
@@ -139,7 +178,8 @@ class ShardWriter:
         self._hashing = _HashingFile(self._file)
         # encoder=False: members are already bytes (np.save / json), so the bytes on disk are exactly ours.
         self._tar = TarWriter(self._hashing, encoder=False, mtime=MEMBER_MTIME, user="", group="", mode=MEMBER_MODE)
-        self._items = []
+        self._index = []
+        self._sources = {}
         self._members_size = 0
 
     def _finish(self) -> None:
@@ -149,16 +189,24 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         final = self._final_path()
+        index = {"format_version": MANIFEST_FORMAT_VERSION, "shard": final.name, "samples": self._index}
+        index_bytes = json.dumps(index, separators=(",", ":")).encode("utf-8")
+        # Index first: a shard under its final name always has its index beside it.
+        atomic_write_bytes(final.with_name(index_name(final.name)), index_bytes)
         os.replace(self._tmp_path(), final)
-        self.entries.append(
-            {
-                "path": final.name,
-                "source": self.source,
-                "modality": self.modality,
-                "samples": len(self._items),
-                "bytes": self._hashing.size,
-                "sha256": self._hashing.sha256.hexdigest(),
-                "items": self._items,
-            }
-        )
+        entry = {
+            "path": final.name,
+            "index": index_name(final.name),
+            "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+            "sha256": self._hashing.sha256.hexdigest(),
+            "bytes": self._hashing.size,
+            "samples": len(self._index),
+            "kind": self.kind,
+            "stream": self.stream,
+            "modality": self.modality,
+            "sources": dict(sorted(self._sources.items())),
+        }
+        self.entries.append(entry)
         self._file = self._hashing = self._tar = None
+        if self.on_shard is not None:
+            self.on_shard(entry)

@@ -1,66 +1,129 @@
-"""What one sample in a shard looks like, shared by the offline writer and the streaming loader.
+"""The on-disk dataset format, shared by the offline writer (``data_pipeline``) and the streaming loader.
 
-A shard is a webdataset tar. Each sample has three members under one key:
-``<key>.image.npy`` float32 (C, H, W) normalized model input, channels in the modality group's order;
-``<key>.valid.npy`` uint8 (H, W), 1 where every band had valid data;
-``<key>.json`` metadata: source, modality, scene, crs, bounds, transform, tile row/col, band names.
-The dataset directory holds ``manifest.json`` (``MANIFEST_NAME``) listing every shard with its sha256.
+A dataset is a directory (or URL) holding ``manifest.json`` and webdataset tar shards, each with an index.
+
+**Samples.** Every sample is a group of tar members under one key (``<key>.<ext>``; keys hold no dots):
+
+- ``kind="single"``: ``image.npy`` float32 (C, H, W) normalized model input in the modality group's channel
+  order; ``valid.npy`` uint8 (H, W), 1 where every band held valid data (nodata, NaN, clouds are 0);
+  ``json`` metadata: source, modality, scene, crs, bounds, transform, row/col, band and channel names.
+- ``kind="pair"`` (co-registered sensors, one footprint on one grid): ``<source>.image.npy`` and
+  ``<source>.valid.npy`` for each source, and ``json`` with a ``parts`` entry per source.
+- ``kind="sequence"`` (multi-date, one footprint): ``image.npy`` float32 (T, C, H, W), ``valid.npy`` uint8
+  (T, H, W), ``json`` with ``timestamps`` (ISO 8601, one per step, ascending).
+
+Only ``.npy`` (loaded with ``allow_pickle=False``) and ``.json`` members exist; nothing is ever unpickled.
+
+**Shard index** (``<shard>.idx.json`` beside each shard): ``{"format_version", "shard", "samples": [{"key",
+"members": {ext: [data_offset, size, sha256]}}]}`` in tar order. Offsets let a loader read one sample with one
+ranged read (local file or fsspec) and check each member's sha256 without hashing the whole shard.
+
+**Manifest** (``manifest.json``): ``format_version``, ``config`` and ``config_hash`` of the build, totals, per
+source sections, ``skipped`` and ``quarantined`` reports, and ``shards``: one entry per shard with ``path``,
+``index``, ``index_sha256``, ``sha256``, ``bytes``, ``samples``, ``kind``, ``stream`` (source or pair/sequence
+name), ``modality`` (single only), ``sources`` ({source: samples}). Paths are relative to the dataset root.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ringmoe.core.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2
+INDEX_SUFFIX = ".idx.json"
 IMAGE_EXT = "image.npy"
 VALID_EXT = "valid.npy"
 META_EXT = "json"
 SAMPLE_EXTS = (IMAGE_EXT, VALID_EXT, META_EXT)
+KINDS = ("single", "pair", "sequence")
 
 
-def sample_key(source: str, scene: str, row: int, col: int) -> str:
+def sample_key(stream: str, scene: str, row: int, col: int) -> str:
     """Webdataset keys must not contain dots: they split the key from the member extension."""
-    return f"{source}-{scene}-r{row:05d}-c{col:05d}".replace(".", "_")
+    return f"{stream}-{scene}-r{row:05d}-c{col:05d}".replace(".", "_")
+
+
+def index_name(shard: str) -> str:
+    return shard + INDEX_SUFFIX
+
+
+def expected_members(kind: str, sources: list[str]) -> list[str]:
+    """The member extensions a sample of ``kind`` must have (sorted)."""
+    if kind == "pair":
+        return sorted([META_EXT] + [f"{s}.{ext}" for s in sources for ext in (IMAGE_EXT, VALID_EXT)])
+    return sorted(SAMPLE_EXTS)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """Read and check a dataset's manifest; every problem names the manifest file."""
+    """Read and check a local dataset's manifest; every problem names the manifest file."""
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; build the dataset with `ringmoe-data build` first")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: manifest is not valid JSON ({exc})") from None
+        raise DataError(f"{where}: manifest is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise DataError(f"{path}: manifest has no 'shards' list")
+        raise DataError(f"{where}: manifest has no 'shards' list")
     version = manifest.get("format_version")
     if version != MANIFEST_FORMAT_VERSION:
-        raise DataError(f"{path}: format_version {version!r}, this reader understands {MANIFEST_FORMAT_VERSION}")
+        raise DataError(
+            f"{where}: format_version {version!r}, this reader understands {MANIFEST_FORMAT_VERSION} "
+            "(rebuild the dataset with this version of `ringmoe-data build`)"
+        )
     return manifest
 
 
-def read_shard_members(path: Path, with_data: bool = True) -> dict[str, dict[str, bytes]]:
+def parse_index(data: bytes, where: str) -> list[dict[str, Any]]:
+    """The ``samples`` list of a shard index, checked for shape."""
+    try:
+        index = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: shard index is not valid JSON ({exc})") from None
+    if not isinstance(index, dict) or index.get("format_version") != MANIFEST_FORMAT_VERSION:
+        raise DataError(f"{where}: not a format {MANIFEST_FORMAT_VERSION} shard index")
+    samples = index.get("samples")
+    if not isinstance(samples, list) or not all(isinstance(s, dict) and "members" in s for s in samples):
+        raise DataError(f"{where}: shard index has no valid 'samples' list")
+    return samples
+
+
+def check_member_name(name: str, where: str) -> None:
+    """Refuse tar member names that could escape a directory or are not ``key.ext`` (tar-slip)."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name or len(path.parts) != 1 or "." not in name:
+        raise DataError(f"{where}: refusing tar member {name!r} (absolute, '..' or nested path, or no extension)")
+
+
+def read_shard_members(path: Path | str, with_data: bool = True, fileobj=None) -> dict[str, dict[str, bytes]]:
     """Group a shard's tar members by sample key, in tar order: ``{key: {ext: bytes}}``.
 
-    With ``with_data=False`` only the member names are read (values are ``b""``). A corrupt or truncated tar
-    raises ``DataError`` naming the shard.
+    With ``with_data=False`` only the member names are read (values are ``b""``). A corrupt or truncated tar,
+    a non-file member or an unsafe member name raises ``DataError`` naming the shard. ``fileobj``: read from an
+    open stream (e.g. a ``pipe:`` URL) instead of ``path``.
     """
     members: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        mode = "r|" if fileobj is not None else "r:"
+        with tarfile.open(path if fileobj is None else None, mode=mode, fileobj=fileobj) as tar:
             for info in tar:
+                check_member_name(info.name, str(path))
                 if not info.isfile():
-                    continue
+                    raise DataError(f"{path}: tar member {info.name!r} is not a regular file")
                 key, _, ext = info.name.partition(".")
-                data = tar.extractfile(info).read() if with_data else b""  # type: ignore[union-attr]
-                members.setdefault(key, {})[ext] = data
+                data = tar.extractfile(info).read() if with_data or fileobj is not None else b""  # type: ignore[union-attr]
+                if with_data and len(data) != info.size:
+                    raise DataError(f"{path}: member {info.name!r} is truncated")
+                members.setdefault(key, {})[ext] = data if with_data else b""
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{path}: corrupt or truncated shard ({exc})") from None
     return members

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import data_pipeline.build as build_module
+import data_pipeline.samples as samples_module
 from data_pipeline.build import build
 from data_pipeline.cli import main
 from data_pipeline.config import BuildConfig, InputSpec, canonical_hash, load_build_config
@@ -22,7 +23,7 @@ from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import DataError
 from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, write_geotiff
 
-SHARD_KEYS = {"path", "source", "modality", "samples", "bytes", "sha256", "items"}
+SHARD_KEYS = {"path", "index", "index_sha256", "sha256", "bytes", "samples", "kind", "stream", "modality", "sources"}
 
 
 def _manifest(out_dir: Path) -> dict:
@@ -31,7 +32,7 @@ def _manifest(out_dir: Path) -> dict:
 
 def test_demo_build_covers_every_modality(demo_build):
     manifest = _manifest(demo_build)
-    assert manifest["format_version"] == 1 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
+    assert manifest["format_version"] == 2 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
     assert manifest["config_hash"] == canonical_hash(manifest["config"])
     assert set(manifest["modalities"]) == set(MODALITIES)
     assert all(n >= 8 for n in manifest["modalities"].values())
@@ -48,19 +49,31 @@ def test_shards_follow_the_sample_schema(demo_build):
     for entry in manifest["shards"]:
         assert set(entry) == SHARD_KEYS
         path = demo_build / entry["path"]
-        assert path.name.startswith(f"{entry['source']}-") and path.stat().st_size == entry["bytes"]
-        assert sha256_file(path) == entry["sha256"] and len(entry["items"]) == entry["samples"]
-        assert set(entry["items"][0]) == {"key", "source", "modality", "crs", "bounds"}
-    capella = next(e for e in manifest["shards"] if e["source"] == "capella_quadpol")
+        assert path.name.startswith(f"{entry['stream']}-00000-") and path.stat().st_size == entry["bytes"]
+        assert sha256_file(path) == entry["sha256"] and entry["sources"] == {entry["stream"]: entry["samples"]}
+        index = json.loads((demo_build / entry["index"]).read_text())
+        assert (
+            sha256_file(demo_build / entry["index"]) == entry["index_sha256"]
+            and len(index["samples"]) == entry["samples"]
+        )
+        # The index's offsets are where tarfile finds each member's data, and the sha256 is of those bytes.
+        with tarfile.open(path) as tar:
+            found = {m.name: (m.offset_data, m.size, tar.extractfile(m).read()) for m in tar}
+        for sample in index["samples"]:
+            for ext, (offset, size, digest) in sample["members"].items():
+                got_offset, got_size, data = found[f"{sample['key']}.{ext}"]
+                assert (offset, size) == (got_offset, got_size) and hashlib.sha256(data).hexdigest() == digest
+    capella = next(e for e in manifest["shards"] if e["stream"] == "capella_quadpol")
     samples = list(wds.WebDataset(str(demo_build / capella["path"]), shardshuffle=False).decode())
-    assert [s["__key__"] for s in samples] == [i["key"] for i in capella["items"]]
+    index = json.loads((demo_build / capella["index"]).read_text())["samples"]
+    assert [s["__key__"] for s in samples] == [i["key"] for i in index]
     sample = samples[0]
     image, valid, meta = sample["image.npy"], sample["valid.npy"], sample["json"]
     assert image.dtype == np.float32 and image.shape == (8, 64, 64) and np.isfinite(image).all()
     assert valid.dtype == np.uint8 and valid.shape == (64, 64)
     assert meta["crs"] == "EPSG:32631" and meta["channels"] == 8 and meta["bands"] == ["HH", "HV", "VH", "VV"]
-    assert meta["bounds"] == capella["items"][0]["bounds"] and len(meta["transform"]) == 6
-    assert {"source", "modality", "scene", "row", "col", "channel_names"} <= set(meta)
+    assert len(meta["bounds"]) == 4 and len(meta["transform"]) == 6 and meta["kind"] == "single"
+    assert {"source", "modality", "platform", "scene", "row", "col", "channel_names"} <= set(meta)
 
 
 def test_verify_passes_and_names_a_truncated_shard(demo_build, tmp_path):
@@ -95,7 +108,7 @@ def test_verify_counts_samples_in_the_tar(demo_build, tmp_path):
     manifest = _manifest(copy)
     manifest["shards"][0]["samples"] += 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=rf"{manifest['shards'][0]['path']}: holds \d+ samples"):
+    with pytest.raises(DataError, match=rf"{manifest['shards'][0]['path']}: index lists \d+ samples, manifest lists"):
         verify(copy)
 
 
@@ -126,25 +139,34 @@ def test_shards_roll_over_and_stale_shards_go(tmp_path):
     verify(out_dir, deep=True)
 
 
-def test_failed_build_leaves_no_tmp_and_no_manifest(tmp_path, monkeypatch):
+def test_crash_leaves_no_tmp_and_no_manifest_and_resume_finishes_byte_identical(demo_build, tmp_path, monkeypatch):
     out_dir = tmp_path / "out"
     config = load_build_config(DEMO_CONFIG, [f"out_dir={out_dir}", "shard_max_samples=5"])
-    build(config, config_dir=DEMO_CONFIG.parent)
-    assert not list(out_dir.glob("*.tmp"))
+    reference = build(config, config_dir=DEMO_CONFIG.parent)
+    shutil.rmtree(out_dir)
     calls = {"n": 0}
-    real_normalize = build_module.normalize
+    real_normalize = samples_module.normalize
 
     def failing_normalize(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 12:  # fail in the middle of a shard
+        if calls["n"] == 150:  # in the middle of a shard of landsat7_etm (the last source)
             raise OSError("disk on fire")
         return real_normalize(*args, **kwargs)
 
-    monkeypatch.setattr(build_module, "normalize", failing_normalize)
+    monkeypatch.setattr(samples_module, "normalize", failing_normalize)
     with pytest.raises(OSError, match="disk on fire"):
         build(config, config_dir=DEMO_CONFIG.parent)
-    assert not list(out_dir.glob("*.tmp"))
+    assert not list(out_dir.glob("*.tmp")) and not list(out_dir.glob(".*.tmp"))
     assert not (out_dir / "manifest.json").exists()  # no manifest describing shards it did not write
+    finished = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("landsat7_etm-*.tar")}
+    assert 0 < len(finished) < sum(e["stream"] == "landsat7_etm" for e in reference["shards"])
+
+    monkeypatch.setattr(samples_module, "normalize", real_normalize)
+    resumed = build(config, config_dir=DEMO_CONFIG.parent, resume=True)
+    assert resumed["shards"] == reference["shards"]  # same bytes, same sha256 as the uninterrupted build
+    assert {n: (out_dir / n).stat().st_mtime_ns for n in finished} == finished  # finished shards kept
+    assert resumed["skipped"] == reference["skipped"]
+    verify(out_dir, deep=True)
 
 
 def test_nan_raster_gives_skipped_tiles_and_no_nan(tmp_path):

@@ -1,7 +1,9 @@
-"""Bad inputs and configs fail with a project error that names the file or key at fault."""
+"""Bad inputs are quarantined (counted, named in the manifest) or, strict, fail naming the file at fault;
+bad configs always fail naming the key."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -21,41 +23,60 @@ def _s2_copy(tmp_path: Path) -> Path:
     return scene
 
 
-def _build_s2(tmp_path: Path, scenes: str = "scenes/*") -> None:
+def _build_s2(tmp_path: Path, scenes: str = "scenes/*", strict: bool = True) -> dict:
     config = BuildConfig(
         inputs=[InputSpec("sentinel2_l2a", scenes, band_files="{scene}_{band}.tif")],
         out_dir=str(tmp_path / "out"),
         tile_size=64,
+        strict=strict,
     )
-    build(config, config_dir=tmp_path)
+    return build(config, config_dir=tmp_path)
+
+
+def _fails_strict_and_is_quarantined_otherwise(tmp_path: Path, match: str) -> None:
+    """Strict: the build raises naming the file. Default: that scene is quarantined and named in the manifest,
+    and a good scene beside it is still built."""
+    good = S2_SCENE.parent / "S2A_MSIL2A_20171221T112501_56_35"
+    shutil.copytree(good, tmp_path / "scenes" / good.name)
+    with pytest.raises(DataError, match=match):
+        _build_s2(tmp_path, strict=True)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    manifest = _build_s2(tmp_path, strict=False)
+    assert len(manifest["quarantined"]) == 1
+    item = manifest["quarantined"][0]
+    assert re.search(match, f"{item['reason']}") and item["stream"] == "sentinel2_l2a"
+    assert manifest["samples"] == 1 and manifest["streams"]["sentinel2_l2a"]["groups"] == 1  # 120 px: one 64 px tile
 
 
 def test_missing_band_file_names_the_file(tmp_path):
     scene = _s2_copy(tmp_path)
     (scene / f"{scene.name}_B08.tif").unlink()
-    with pytest.raises(DataError, match=rf"{scene.name}_B08\.tif.*band 'B08'.*not found"):
-        _build_s2(tmp_path)
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B08\.tif.*band 'B08'.*not found")
 
 
 def test_band_file_with_two_bands_names_the_file(tmp_path):
     scene = _s2_copy(tmp_path)
     write_geotiff(scene / f"{scene.name}_B03.tif", np.ones((2, 120, 120), dtype=np.uint16))
-    with pytest.raises(DataError, match=rf"{scene.name}_B03\.tif: expected 1 band"):
-        _build_s2(tmp_path)
+    _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B03\.tif: expected 1 band")
 
 
 def test_band_files_on_different_grids_name_the_file(tmp_path):
     scene = _s2_copy(tmp_path)
     write_geotiff(scene / f"{scene.name}_B04.tif", np.ones((1, 60, 60), dtype=np.uint16), crs="EPSG:32633")
-    with pytest.raises(DataError, match=rf"{scene.name}_B04\.tif: shape \(60, 60\) differs"):
-        _build_s2(tmp_path)
+    _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B04\.tif: shape \(60, 60\) differs")
+
+
+def test_crs_mismatch_names_the_file(tmp_path):
+    scene = _s2_copy(tmp_path)
+    write_geotiff(scene / f"{scene.name}_B08.tif", np.ones((1, 120, 120), dtype=np.uint16), crs="EPSG:32632")
+    _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B08\.tif: CRS EPSG:32632 differs")
 
 
 def test_wrong_band_count_of_multiband_file(tmp_path):
     config = BuildConfig(
         inputs=[InputSpec("worldview2", str(DEMO / "spacenet6_worldview2" / "rgb_unmasked.tif"))],
         out_dir=str(tmp_path / "out"),
+        strict=True,
     )
     with pytest.raises(DataError, match=r"rgb_unmasked\.tif: expected 4 bands .* found 3"):
         build(config)
@@ -65,6 +86,7 @@ def test_real_data_where_complex_is_expected(tmp_path):
     config = BuildConfig(
         inputs=[InputSpec("capella_quadpol", str(DEMO / "spacenet6_worldview2" / "ms1.tif"))],
         out_dir=str(tmp_path / "out"),
+        strict=True,
     )
     with pytest.raises(DataError, match=r"ms1\.tif: band 1 is float64, source 'capella_quadpol' needs complex"):
         build(config)
@@ -119,5 +141,4 @@ def test_cli_prints_error_without_traceback(tmp_path, capsys):
 def test_unreadable_band_file_names_the_file(tmp_path):
     scene = _s2_copy(tmp_path)
     (scene / f"{scene.name}_B02.tif").write_bytes(b"not a tiff at all")
-    with pytest.raises(DataError, match=rf"{scene.name}_B02\.tif: cannot open raster"):
-        _build_s2(tmp_path)
+    _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B02\.tif: cannot open raster")

@@ -1,0 +1,280 @@
+"""Turn one unit of input (a scene, a co-registered pair, a multi-date sequence) into shard samples.
+
+A producer walks the tile windows of its group in a fixed order and yields, per window, exactly one event:
+``Sample`` (to write), ``Skipped`` (below ``min_valid_fraction``) or ``Quarantined`` (a read failed). The
+build counts events by window, so a resumed build can skip straight to the first window it has not written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional, Union
+
+import numpy as np
+from rasterio.transform import Affine
+
+from data_pipeline.normalize import channel_names, normalize
+from data_pipeline.read import Scene, open_scene
+from data_pipeline.shards import json_bytes, npy_bytes
+from data_pipeline.tiling import tile_geometry, tile_windows
+from data_pipeline.warp import warp_tile
+from ringmoe.core.errors import DataError
+from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, sample_key
+from ringmoe.core.sensors import SensorSpec
+
+SKIP_LOW_VALID = "low_valid_fraction"
+
+
+@dataclass
+class Sample:
+    key: str
+    members: dict[str, bytes]
+    sources: list[str]
+
+
+@dataclass
+class Skipped:
+    reason: str
+
+
+@dataclass
+class Quarantined:
+    file: str
+    reason: str
+
+
+Event = Union[Sample, Skipped, Quarantined]
+
+
+@dataclass
+class TileSettings:
+    size: int
+    stride: int
+    min_valid_fraction: float
+    resampling: str = "bilinear"
+
+
+@dataclass
+class SingleGroup:
+    """One scene of one source."""
+
+    scene: Scene
+    sensor: SensorSpec
+
+    @property
+    def name(self) -> str:
+        return self.scene.name
+
+
+@dataclass
+class PairGroup:
+    """Scenes of several sources covering one footprint; ``members[0]`` defines the grid."""
+
+    footprint: str
+    members: list[tuple[Scene, SensorSpec, Optional[str]]]  # scene, sensor, acquisition time
+
+    @property
+    def name(self) -> str:
+        return self.footprint
+
+
+@dataclass
+class SequenceGroup:
+    """Dates of one footprint of one source, ascending; a single zarr time cube is one date-list by itself."""
+
+    footprint: str
+    sensor: SensorSpec
+    dates: list[tuple[Scene, Optional[str]]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.footprint
+
+
+Group = Union[SingleGroup, PairGroup, SequenceGroup]
+
+
+def parse_time(name: str, pattern: str) -> Optional[str]:
+    """ISO 8601 time from a scene name (``YYYYMMDDTHHMMSS`` or ``YYYYMMDD``), or None if absent."""
+    if not pattern:
+        return None
+    match = re.search(pattern, name)
+    if not match:
+        return None
+    text = match.group(1)
+    for fmt in ("%Y%m%dT%H%M%S", "%Y%m%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, fmt).isoformat()
+        except ValueError:
+            continue
+    raise DataError(f"scene {name!r}: time {text!r} matched by {pattern!r} is not a date (YYYYMMDD[THHMMSS])")
+
+
+def produce(group: Group, stream: str, tiles: TileSettings, start: int = 0) -> Iterator[Event]:
+    """Events for the windows of ``group`` from window number ``start`` on."""
+    if isinstance(group, SingleGroup):
+        yield from _single(group, stream, tiles, start)
+    elif isinstance(group, PairGroup):
+        yield from _pair(group, stream, tiles, start)
+    else:
+        yield from _sequence(group, stream, tiles, start)
+
+
+def _base_meta(sensor: SensorSpec) -> dict:
+    return {
+        "source": sensor.name,
+        "modality": sensor.modality,
+        "platform": sensor.platform,
+        "bands": list(sensor.modality_bands),
+        "channels": sensor.channels(),
+        "channel_names": channel_names(sensor),
+    }
+
+
+def _windows(reader, tiles: TileSettings, start: int):
+    height, width = reader.shape
+    for number, window in enumerate(tile_windows(height, width, tiles.size, tiles.stride)):
+        if number >= start:
+            yield window
+
+
+def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:
+    sensor, scene = group.sensor, group.scene
+    with open_scene(scene, sensor) as reader:
+        file_nodata = reader.file_nodata()
+        for window in _windows(reader, tiles, start):
+            try:
+                image, valid = normalize(reader.read(window), sensor, file_nodata)
+            except DataError as exc:
+                yield Quarantined(str(scene.path), str(exc))
+                continue
+            fraction = float(valid.mean())
+            if fraction < tiles.min_valid_fraction:
+                yield Skipped(SKIP_LOW_VALID)
+                continue
+            row, col = int(window.row_off), int(window.col_off)
+            geometry = tile_geometry(window, reader.transform)
+            meta = {
+                "kind": "single",
+                **_base_meta(sensor),
+                "scene": scene.name,
+                "crs": reader.crs,
+                **geometry,
+                "row": row,
+                "col": col,
+                "size": [tiles.size, tiles.size],
+                "valid_fraction": fraction,
+            }
+            members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
+            yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name])
+
+
+def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:
+    ref_scene, ref_sensor, _ = group.members[0]
+    readers = []
+    try:
+        for scene, sensor, _ in group.members:
+            readers.append(open_scene(scene, sensor))
+        ref = readers[0]
+        for window in _windows(ref, tiles, start):
+            transform = ref.transform @ Affine.translation(window.col_off, window.row_off)
+            members: dict[str, bytes] = {}
+            parts = {}
+            fractions = []
+            try:
+                for (scene, sensor, when), reader in zip(group.members, readers):
+                    if reader is ref:
+                        image, valid = normalize(ref.read(window), ref_sensor, ref.file_nodata())
+                    else:
+                        raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
+                        image, valid = normalize(raw, sensor)
+                    fractions.append(float(valid.mean()))
+                    members[f"{sensor.name}.{IMAGE_EXT}"] = npy_bytes(image)
+                    members[f"{sensor.name}.{VALID_EXT}"] = npy_bytes(valid)
+                    parts[sensor.name] = {
+                        **_base_meta(sensor),
+                        "scene": scene.name,
+                        "time": when,
+                        "source_crs": reader.crs,
+                        "valid_fraction": fractions[-1],
+                    }
+            except (DataError, ValueError) as exc:
+                yield Quarantined(str(ref_scene.path), f"pair {group.footprint!r}: {exc}")
+                continue
+            # Every sensor must see the footprint: a pair with one side empty teaches nothing cross-modal.
+            if min(fractions) < tiles.min_valid_fraction:
+                yield Skipped(SKIP_LOW_VALID)
+                continue
+            row, col = int(window.row_off), int(window.col_off)
+            meta = {
+                "kind": "pair",
+                "footprint": group.footprint,
+                "grid_source": ref_sensor.name,
+                "crs": ref.crs,
+                **tile_geometry(window, ref.transform),
+                "row": row,
+                "col": col,
+                "size": [tiles.size, tiles.size],
+                "sources": [sensor.name for _, sensor, _ in group.members],
+                "parts": parts,
+            }
+            members[META_EXT] = json_bytes(meta)
+            key = sample_key(stream, group.footprint, row, col)
+            yield Sample(key, members, [sensor.name for _, sensor, _ in group.members])
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:
+    sensor = group.sensor
+    readers = []
+    try:
+        for scene, _ in group.dates:
+            readers.append(open_scene(scene, sensor))
+        ref = readers[0]
+        cube = getattr(ref, "timestamps", None) is not None and len(group.dates) == 1
+        timestamps = list(ref.timestamps) if cube else [when for _, when in group.dates]
+        for window in _windows(ref, tiles, start):
+            transform = ref.transform @ Affine.translation(window.col_off, window.row_off)
+            try:
+                if cube:
+                    steps = [normalize(raw, sensor, ref.file_nodata()) for raw in ref.read_sequence(window)]
+                else:
+                    steps = [normalize(ref.read(window), sensor, ref.file_nodata())]
+                    for reader in readers[1:]:
+                        raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
+                        steps.append(normalize(raw, sensor))
+            except (DataError, ValueError) as exc:
+                yield Quarantined(str(group.dates[0][0].path), f"sequence {group.footprint!r}: {exc}")
+                continue
+            image = np.stack([img for img, _ in steps])
+            valid = np.stack([ok for _, ok in steps])
+            fraction = float(valid.mean())
+            if fraction < tiles.min_valid_fraction:
+                yield Skipped(SKIP_LOW_VALID)
+                continue
+            row, col = int(window.row_off), int(window.col_off)
+            meta = {
+                "kind": "sequence",
+                **_base_meta(sensor),
+                "footprint": group.footprint,
+                "scenes": [scene.name for scene, _ in group.dates],
+                "timestamps": timestamps,
+                "steps": len(timestamps),
+                "crs": ref.crs,
+                **tile_geometry(window, ref.transform),
+                "row": row,
+                "col": col,
+                "size": [tiles.size, tiles.size],
+                "valid_fraction": fraction,
+                "valid_fraction_per_step": [float(ok.mean()) for _, ok in steps],
+            }
+            members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
+            yield Sample(sample_key(stream, group.footprint, row, col), members, [sensor.name])
+    finally:
+        for reader in readers:
+            reader.close()
