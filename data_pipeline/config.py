@@ -46,9 +46,10 @@ class InputSpec:
 class PairSpec:
     """Co-registered samples: scenes of several sources that cover one footprint, on one common grid.
 
-    Scenes of each input are matched by the ``footprint`` regex (group 1 of a search in the scene name); the
-    first input's grid is the common grid and the other inputs are reprojected onto it (``rasterio.warp``).
-    Footprints missing from any input are counted as unpaired and logged.
+    Scenes of each input are matched by the ``footprint`` regex (group 1 of a search in the scene name; empty:
+    each input has exactly one scene); the first input's grid is the common grid and the other inputs are
+    reprojected onto it (``rasterio.warp``). Footprints missing from any input are counted as unpaired and
+    logged.
     """
 
     name: str

@@ -148,6 +148,10 @@ def _footprints(scenes: list[Scene], pattern: str, where: str) -> tuple[dict[str
     """Footprint id -> scene; scene names the pattern does not match are returned separately."""
     by_id: dict[str, Scene] = {}
     unmatched = []
+    if not pattern:  # one footprint: every input contributes exactly one scene
+        if len(scenes) > 1:
+            raise DataError(f"{where}: {len(scenes)} scenes match but footprint is empty; set a footprint regex")
+        return {"all": scene for scene in scenes}, []
     for scene in scenes:
         match = re.search(pattern, scene.name)
         if not match:
