@@ -228,3 +228,15 @@ def test_demo_files_are_byte_identical_to_the_shared_pack():
     assert len(data_files) == 55
     for path in data_files:
         assert sha256_file(path) == records[str(path.relative_to(DEMO))], path
+
+
+def test_parallel_parts_give_the_same_dataset(demo_build, tmp_path):
+    """Two worker processes over parts of 2 scenes: the same shards (by sha256) as one process."""
+    overrides = ["scenes_per_part=2", "shard_max_samples=7"]
+    serial = build(load_build_config(DEMO_CONFIG, [f"out_dir={tmp_path / 'one'}", *overrides]), DEMO_CONFIG.parent)
+    parallel = build(
+        load_build_config(DEMO_CONFIG, [f"out_dir={tmp_path / 'two'}", "workers=2", *overrides]), DEMO_CONFIG.parent
+    )
+    assert len({e["path"].split("-")[-2] for e in serial["shards"]}) == 3  # 6 S2 scenes -> parts 0, 1, 2
+    assert [(e["path"], e["sha256"]) for e in parallel["shards"]] == [(e["path"], e["sha256"]) for e in serial["shards"]]
+    assert parallel["samples"] == _manifest(demo_build)["samples"]
