@@ -6,6 +6,7 @@ overrides; an unknown key or a wrong type raises ``ConfigError`` naming the key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -64,7 +65,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Streaming loader over a shard directory written by ``ringmoe-data build``."""
+    """Streaming loader over a dataset written by ``ringmoe-data build`` (see ``ringmoe.data.loader``).
+
+    ``shards``: the dataset root: a local directory, an fsspec URL (``file://``, ``s3://``, ``memory://``...,
+    read with one ranged read per sample) or a webdataset ``pipe:`` command with ``{path}`` where the file name
+    goes (``pipe:aws s3 cp s3://bucket/ds/{path} -``; shards are then streamed whole). ``source_weights``:
+    mixing weight per source within its modality; empty means proportional to each source's sample count, and
+    a modality with any weight given needs one for each of its sources (0 leaves a source out).
+    ``shard_cache``: whole shards kept decoded per worker when streaming ``pipe:`` shards. ``strict``: a bad
+    sample or shard raises ``DataError`` instead of being quarantined and replaced.
+    """
 
     shards: str = "runs/demo/shards"
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
@@ -72,6 +82,24 @@ class DataConfig:
     shuffle_buffer: int = 32
     num_workers: int = 0
     seed: int = 0
+    source_weights: dict[str, float] = field(default_factory=dict)
+    shard_cache: int = 4
+    strict: bool = False
+
+    def validate(self) -> None:
+        if not self.modalities:
+            raise ConfigError("data.modalities is empty; every batch needs at least one modality")
+        unknown = sorted(set(self.modalities) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"data.modalities: unknown {unknown}; known: {list(MODALITIES)}")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"data.modalities {self.modalities} lists a modality twice")
+        for key, low in (("batch_size_per_modality", 1), ("shuffle_buffer", 1), ("num_workers", 0), ("shard_cache", 1)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"data.{key}={getattr(self, key)} must be >= {low}")
+        for source, weight in self.source_weights.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"data.source_weights.{source}={weight} must be a finite number >= 0")
 
 
 @dataclass
@@ -116,9 +144,7 @@ class RunConfig:
 
     def validate(self) -> None:
         self.model.validate()
-        unknown = sorted(set(self.data.modalities) - set(MODALITIES))
-        if unknown:
-            raise ConfigError(f"data.modalities: unknown {unknown}; known: {list(MODALITIES)}")
+        self.data.validate()
         ep = self.parallel.expert_parallel_size
         for key in ("modal_experts", "collab_experts"):
             for stage, count in enumerate(getattr(self.model, key)):

@@ -17,10 +17,15 @@ __all__ = ["MODALITIES", "ModelOutput", "MultiModalBatch", "RouterStats"]
 
 @dataclass
 class MultiModalBatch:
-    """Images per modality, each ``(B_m, C_m, H, W)`` float32, plus the per-sample metadata keys."""
+    """Images per modality, each ``(B_m, C_m, H, W)`` float32, plus the per-sample metadata keys.
+
+    ``quarantined``: one record (shard, key, problem, detail) per unreadable sample the loader replaced while
+    making this batch; it carries them from the loader's worker processes to its report.
+    """
 
     images: dict[str, torch.Tensor]
     keys: dict[str, list[str]] = field(default_factory=dict)
+    quarantined: list[dict[str, str]] = field(default_factory=list)
 
     def modalities(self) -> list[str]:
         """Modalities present, in the canonical stacking order."""
@@ -30,7 +35,8 @@ class MultiModalBatch:
         return {m: int(self.images[m].shape[0]) for m in self.modalities()}
 
     def to(self, device: torch.device | str) -> "MultiModalBatch":
-        return MultiModalBatch({m: t.to(device) for m, t in self.images.items()}, dict(self.keys))
+        images = {m: t.to(device) for m, t in self.images.items()}
+        return MultiModalBatch(images, dict(self.keys), list(self.quarantined))
 
 
 @dataclass

@@ -1,6 +1,12 @@
-"""Streaming loader over webdataset shards written by ``ringmoe-data build``."""
+"""Streaming loader over the shard datasets written by ``ringmoe-data build`` (format: ``ringmoe.core.schema``).
 
-from ringmoe.core.schema import read_manifest
-from ringmoe.data.loader import ShardStream, build_loader
+``build_loader(config.data, rank, world_size)`` -> ``ShardLoader``: endless ``MultiModalBatch``es with a
+resumable ``state_dict()`` and a quarantine ``report()``. Modules, bottom up: ``store`` (bytes from a local
+dir, fsspec URL or ``pipe:``), ``catalog`` (manifest -> shards per source), ``order`` (per-source epochs),
+``mixture`` (sources mixed per modality), ``checks`` + ``reader`` (read and check one sample), ``quarantine``
+(counts), ``loader`` (batches, workers, resume).
+"""
 
-__all__ = ["ShardStream", "build_loader", "read_manifest"]
+from ringmoe.data.loader import ShardLoader, ShardStream, build_loader
+
+__all__ = ["ShardLoader", "ShardStream", "build_loader"]

@@ -1,17 +1,31 @@
-"""Stream shards, split them by rank and worker, and yield batches holding every modality.
+"""The streaming loader: endless multi-modal batches whose order is a pure function of data, seed and rank.
 
-Each modality has its own endless stream; one step takes ``batch_size_per_modality`` samples from each, so
-every rank sees every modality in every step (the MoE's modality routers all run on every rank, which expert
-parallelism requires: all ranks must join every all-to-all).
+Batch ``b`` of a rank holds positions ``[b*B, (b+1)*B)`` of every modality's stream (``B`` =
+``batch_size_per_modality``); each stream mixes its modality's sources by weight (``mixture``), each source
+walks its own shuffled, rank-split epochs (``order``). Every batch holds every modality: the MoE's modality
+routers run on every rank, and expert parallelism needs all ranks in every all-to-all.
+
+Because the order is computed, not replayed, workers only fetch: worker ``w`` of ``W`` makes batches
+``start + w, start + w + W, ...`` and the in-order DataLoader hands them out as ``start, start + 1, ...``, so
+the sequence does not depend on ``W``. ``ShardLoader`` counts the batches handed out; that count is its whole
+resume state, so a resumed run sees exactly the batches an uninterrupted one would, with any worker count.
+
+``rank`` and ``world_size`` are global (``torch.distributed`` rank over all nodes): the split is by global
+rank, hence by node too. All ranks consume batches in lockstep, so one rank's state resumes every rank.
+
+A sample that fails a check (missing or truncated shard, checksum mismatch, undecodable npy, wrong dtype or
+shape, NaN/inf pixels, bad JSON, unsafe tar member) is logged, counted in ``ShardLoader.report()`` and replaced
+by the next readable sample of its source's sequence: a deterministic substitute, so resume stays exact. With
+``data.strict`` it raises ``DataError`` instead.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import random
+import copy
+import logging
+import os
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,96 +33,206 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MultiModalBatch
-from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, MANIFEST_NAME, META_EXT, read_manifest, read_shard_members
+from ringmoe.core.errors import ConfigError, DataError
+from ringmoe.data.catalog import ShardInfo, load_catalog
+from ringmoe.data.checks import BadSample, BadShard
+from ringmoe.data.mixture import ModalityOrder, resolve_weights
+from ringmoe.data.order import SourceOrder
+from ringmoe.data.quarantine import QuarantineReport
+from ringmoe.data.reader import ShardReader
+from ringmoe.data.store import open_store
 
+log = logging.getLogger(__name__)
 
-def iter_shard(path: Path) -> Iterator[tuple[str, np.ndarray, dict]]:
-    """Yield (key, image, metadata) from one shard; a corrupt tar or member raises naming the shard."""
-    members = read_shard_members(path)
-    for key, parts in members.items():
-        if IMAGE_EXT not in parts or META_EXT not in parts:
-            raise DataError(f"{path}: sample {key!r} lacks {IMAGE_EXT} or {META_EXT} (has {sorted(parts)})")
-        image = np.load(io.BytesIO(parts[IMAGE_EXT]), allow_pickle=False)
-        if not np.isfinite(image).all():
-            raise DataError(f"{path}: sample {key!r} has non-finite pixels")
-        yield key, image, json.loads(parts[META_EXT])
+STATE_VERSION = 1
 
 
 class ShardStream(IterableDataset):
-    """Endless multi-modal batches for one rank; deterministic for a seed, rank and worker."""
+    """Endless batches of one rank from batch ``start`` on; in a DataLoader worker, only that worker's share."""
 
-    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         super().__init__()
+        config.validate()
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"data loader: rank {rank} is not in [0, world_size={world_size})")
         self.config = config
-        self.root = Path(config.shards)
-        self.rank = rank
-        self.world_size = world_size
-        manifest = read_manifest(self.root)
-        self.shards: dict[str, list[Path]] = {m: [] for m in config.modalities}
-        for entry in manifest["shards"]:
-            if entry["modality"] in self.shards:
-                self.shards[entry["modality"]].append(self.root / entry["path"])
-        empty = [m for m, paths in self.shards.items() if not paths]
-        if empty:
-            raise DataError(f"{self.root / MANIFEST_NAME}: no shards for modalities {empty}")
+        self.rank, self.world_size, self.start = rank, world_size, start
+        store = open_store(config.shards)
+        try:
+            self.catalog = load_catalog(store, list(config.modalities))
+        finally:
+            store.close()
+        self.weights = resolve_weights(self.catalog, list(config.modalities), dict(config.source_weights))
+        self.orders = {
+            modality: ModalityOrder(
+                modality,
+                [SourceOrder(self.catalog.sources[name], config.seed, rank, world_size, config.shuffle_buffer)
+                 for name in weights],
+                list(weights.values()),
+                config.seed,
+                rank,
+            )
+            for modality, weights in self.weights.items()
+        }  # fmt: skip
+        self._reader: ShardReader | None = None
+        self._reader_pid = -1
+        self._warned: set[tuple[str, str]] = set()
 
-    def _slot(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
-
-    def _samples(self, modality: str, slot: int, slots: int) -> Iterator[tuple[str, np.ndarray]]:
-        """Endless shuffled samples of one modality for this slot.
-
-        With enough shards each slot reads its own shards; with fewer shards than slots (small datasets) every
-        slot reads all shards and keeps every ``slots``-th sample, so no slot is left without data.
-        """
-        shards = sorted(self.shards[modality])
-        by_shard = len(shards) >= slots
-        epoch = 0
-        while True:
-            rng = random.Random(f"{self.config.seed}-{modality}-{slot}-{epoch}")
-            mine = shards[slot::slots] if by_shard else list(shards)
-            rng.shuffle(mine)
-            buffer: list[tuple[str, np.ndarray]] = []
-            index = 0
-            yielded = 0
-            for shard in mine:
-                for key, image, _ in iter_shard(shard):
-                    keep = by_shard or index % slots == slot
-                    index += 1
-                    if not keep:
-                        continue
-                    buffer.append((key, image))
-                    if len(buffer) >= self.config.shuffle_buffer:
-                        yield buffer.pop(rng.randrange(len(buffer)))
-                        yielded += 1
-            rng.shuffle(buffer)
-            yielded += len(buffer)
-            yield from buffer
-            if yielded == 0:
-                raise DataError(f"{self.root}: modality {modality!r} has no samples for rank/worker slot {slot}")
-            epoch += 1
+    def resumed(self, start: int) -> "ShardStream":
+        """The same stream starting at batch ``start``."""
+        stream = copy.copy(self)
+        stream.start, stream._reader, stream._reader_pid = start, None, -1
+        return stream
 
     def __iter__(self) -> Iterator[MultiModalBatch]:
-        slot, slots = self._slot()
-        streams = {m: self._samples(m, slot, slots) for m in self.config.modalities}
-        size = self.config.batch_size_per_modality
-        while True:
-            images, keys = {}, {}
-            for modality, stream in streams.items():
-                picked = [next(stream) for _ in range(size)]
-                keys[modality] = [k for k, _ in picked]
-                images[modality] = torch.from_numpy(np.stack([img for _, img in picked]))
-            yield MultiModalBatch(images, keys)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        number = self.start + worker
+        try:
+            while True:
+                yield self.batch(number)
+                number += workers
+        finally:
+            self.close()
+
+    def batch(self, number: int) -> MultiModalBatch:
+        """Batch ``number`` of this rank (a pure function of data, config, rank and world size)."""
+        size, tile = self.config.batch_size_per_modality, self.catalog.tile_size
+        images, keys, quarantined = {}, {}, []
+        for modality in self.config.modalities:
+            channels = self.catalog.by_modality(modality)[0].channels
+            images[modality] = tensor = torch.empty((size, channels, tile, tile), dtype=torch.float32)
+            if get_worker_info() is not None:
+                tensor.share_memory_()  # filled in place, then sent to the main process without another copy
+            out = tensor.numpy()
+            keys[modality] = [
+                self._sample(self.orders[modality], size * number + slot, out[slot], quarantined)
+                for slot in range(size)
+            ]
+        return MultiModalBatch(images, keys, quarantined)
+
+    def close(self) -> None:
+        if self._reader is not None and self._reader_pid == os.getpid():
+            self._reader.close()
+        self._reader = None
+
+    def _reader_here(self) -> ShardReader:
+        # Open handles must not cross a fork: each process (main or worker) opens its own store.
+        if self._reader is None or self._reader_pid != os.getpid():
+            channels = {name: source.channels for name, source in self.catalog.sources.items()}
+            store = open_store(self.config.shards)
+            self._reader = ShardReader(store, channels, self.catalog.tile_size, self.config.shard_cache)
+            self._reader_pid = os.getpid()
+        return self._reader
+
+    def _sample(self, order: ModalityOrder, position: int, out: np.ndarray, quarantined: list[dict[str, str]]) -> str:
+        """Read the sample at ``position`` into ``out``, or else the next readable one of the same source's
+        sequence; its key."""
+        source, k = order.at(position)
+        reader = self._reader_here()
+        # Trying a whole source's worth of samples covers at least one full epoch of this rank.
+        for attempt in range(source.source.samples + 1):
+            shard, index = source.locate(k + attempt)
+            try:
+                return reader.read_into(shard, index, out)
+            except BadSample as bad:
+                quarantined.append(self._quarantine(reader, shard, index, bad))
+        raise DataError(
+            f"{self.catalog.where}: source {source.source.name!r} has no readable sample in "
+            f"{source.source.samples + 1} consecutive ones; last problem: {quarantined[-1]['detail']}"
+        )
+
+    def _quarantine(self, reader: ShardReader, shard: ShardInfo, index: int, bad: BadSample) -> dict[str, str]:
+        where = reader.store.where(shard.path)
+        key = reader.key(shard, index)
+        if self.config.strict:
+            raise DataError(
+                f"{where}: sample {key} of source {shard.source!r}: {bad.problem}: {bad.detail} "
+                "(data.strict is set; without it the sample is quarantined and replaced)"
+            )
+        warn_once = (shard.path, "" if isinstance(bad, BadShard) else key)
+        if warn_once not in self._warned:
+            self._warned.add(warn_once)
+            what = "every sample of the shard" if isinstance(bad, BadShard) else f"sample {key}"
+            log.warning(
+                "%s: quarantined %s, %s: %s; using the next samples of source %r instead",
+                where, what, bad.problem, bad.detail, shard.source,
+            )  # fmt: skip
+        return {"shard": shard.path, "key": key, "problem": bad.problem, "detail": bad.detail}
 
 
-def build_loader(config: DataConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader over ``ShardStream``; batches are assembled inside the dataset (batch_size=None)."""
-    return DataLoader(
-        ShardStream(config, rank, world_size),
-        batch_size=None,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
-    )
+class ShardLoader:
+    """Iterate batches of one rank; ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly.
+
+    Each ``iter()`` starts a DataLoader at the first batch not yet handed out (prefetched batches of an
+    abandoned iterator are dropped, not counted). Call ``load_state_dict`` before ``iter``.
+    """
+
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1) -> None:
+        self.config = config
+        self.dataset = ShardStream(config, rank, world_size)
+        self.batches = 0
+        self._report = QuarantineReport()
+
+    def __iter__(self) -> Iterator[MultiModalBatch]:
+        loader = DataLoader(
+            self.dataset.resumed(self.batches),
+            batch_size=None,  # the dataset makes whole multi-modal batches
+            num_workers=self.config.num_workers,
+            in_order=True,  # hand batches out in the order they were requested: start, start + 1, ...
+        )
+        for batch in loader:
+            self.batches += 1
+            self._report.add(batch.quarantined)
+            yield batch
+
+    def report(self) -> dict[str, Any]:
+        """Samples quarantined in the batches handed out so far (see ``QuarantineReport.summary``)."""
+        return self._report.summary()
+
+    def _identity(self) -> dict[str, Any]:
+        """Everything the sample order depends on, besides the batch count."""
+        config = self.dataset.config
+        return {
+            "dataset": self.dataset.catalog.fingerprint,
+            "seed": config.seed,
+            "world_size": self.dataset.world_size,
+            "modalities": list(config.modalities),
+            "batch_size_per_modality": config.batch_size_per_modality,
+            "shuffle_buffer": config.shuffle_buffer,
+            "source_weights": self.dataset.weights,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """A small JSON-able dict: the batches handed out, what the order depends on, the quarantine counts."""
+        return {
+            "version": STATE_VERSION,
+            "batches": self.batches,
+            "rank": self.dataset.rank,
+            **self._identity(),
+            "quarantined": self._report.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after ``state["batches"]``; a state of other data or settings is a ``ConfigError``."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ConfigError(f"data loader state: version {state.get('version')!r}, expected {STATE_VERSION}")
+        batches = state.get("batches")
+        if not isinstance(batches, int) or isinstance(batches, bool) or batches < 0:
+            raise ConfigError(f"data loader state: 'batches' is {batches!r}, expected an int >= 0")
+        mine = self._identity()
+        differ = [
+            f"{key}: saved {state.get(key)!r}, now {value!r}" for key, value in mine.items() if state.get(key) != value
+        ]
+        if differ:
+            raise ConfigError(
+                "data loader state does not belong to this dataset/config, resuming would change the sample "
+                "order; " + "; ".join(differ)
+            )
+        self.batches = batches
+        self._report.load_state_dict(state.get("quarantined", {}))
+
+
+def build_loader(config: DataConfig, rank: int = 0, world_size: int = 1) -> ShardLoader:
+    """The loader of global ``rank`` out of ``world_size`` (``len(config.modalities)`` streams per batch)."""
+    return ShardLoader(config, rank, world_size)

@@ -50,7 +50,11 @@ def test_shards_follow_the_sample_schema(demo_build):
         assert set(entry) == SHARD_KEYS
         path = demo_build / entry["path"]
         assert path.name.startswith(f"{entry['stream']}-00000-") and path.stat().st_size == entry["bytes"]
-        assert sha256_file(path) == entry["sha256"] and entry["sources"] == {entry["stream"]: entry["samples"]}
+        assert sha256_file(path) == entry["sha256"]
+        if entry["kind"] == "single":
+            assert entry["sources"] == {entry["stream"]: entry["samples"]}
+        else:  # the demo's S2/S1 pair stream: every sample holds both sensors
+            assert entry["sources"] == {"sentinel1_grd": entry["samples"], "sentinel2_l2a": entry["samples"]}
         index = json.loads((demo_build / entry["index"]).read_text())
         assert (
             sha256_file(demo_build / entry["index"]) == entry["index_sha256"]
