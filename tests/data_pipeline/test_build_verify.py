@@ -242,5 +242,6 @@ def test_parallel_parts_give_the_same_dataset(demo_build, tmp_path):
         load_build_config(DEMO_CONFIG, [f"out_dir={tmp_path / 'two'}", "workers=2", *overrides]), DEMO_CONFIG.parent
     )
     assert len({e["path"].split("-")[-2] for e in serial["shards"]}) == 3  # 6 S2 scenes -> parts 0, 1, 2
-    assert [(e["path"], e["sha256"]) for e in parallel["shards"]] == [(e["path"], e["sha256"]) for e in serial["shards"]]
+    shards = [(e["path"], e["sha256"]) for e in serial["shards"]]
+    assert [(e["path"], e["sha256"]) for e in parallel["shards"]] == shards
     assert parallel["samples"] == _manifest(demo_build)["samples"]
