@@ -25,12 +25,11 @@ from tqdm import tqdm
 from data_pipeline.config import BuildConfig, canonical_hash, config_dict, load_build_config, validate
 from data_pipeline.manifest import manifest_path, sha256_file, write_json_atomic
 from data_pipeline.normalize import channel_names
-from data_pipeline.plan import PIPELINE_VERSION, PartJob, Plan, StreamPlan, make_plan
+from data_pipeline.plan import PIPELINE_VERSION, PartJob, Plan, StreamPlan, load_registry_for, make_plan
 from data_pipeline.samples import Quarantined, Sample, Skipped, produce
 from data_pipeline.shards import ShardWriter
 from ringmoe.core.errors import DataError
 from ringmoe.core.schema import MANIFEST_FORMAT_VERSION
-from ringmoe.core.sensors import default_sources_dir, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,7 @@ def build(config: BuildConfig, config_dir: str | Path = ".", resume: bool = Fals
     validate(config)
     config_dir = Path(config_dir)
     out_dir = Path(config.out_dir)
-    sources_dir = Path(config.sources_dir) if config.sources_dir else default_sources_dir()
-    if config.sources_dir and not sources_dir.is_absolute():
-        sources_dir = config_dir / sources_dir
-    plan = make_plan(config, config_dir, load_registry(sources_dir), out_dir)
+    plan = make_plan(config, config_dir, load_registry_for(config, config_dir), out_dir)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path(out_dir).unlink(missing_ok=True)
@@ -208,8 +204,9 @@ def _remove_stale(out_dir: Path, stream: str, keep: set[str], parts: int) -> Non
                 path.unlink()
 
 
-def _stream_section(stream: StreamPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+def _stream_section(stream: StreamPlan, plan: Plan, results: list[dict[str, Any]]) -> dict[str, Any]:
     mine = [r for r in results if r["stream"] == stream.name]
+    tiles = next((p.tiles for p in plan.parts if p.stream == stream.name), None)
     shards = [entry for r in mine for entry in r["shards"]]
     skipped: Counter[str] = Counter()
     for r in mine:
@@ -225,6 +222,8 @@ def _stream_section(stream: StreamPlan, results: list[dict[str, Any]]) -> dict[s
         "quarantined": sum(len(r["quarantined"]) for r in mine),
         "shards": len(shards),
         "bytes": sum(entry["bytes"] for entry in shards),
+        # Per-channel [mean, std] the images were standardized with (band_stats), by source; {} if none.
+        "standardized": tiles.standardize if tiles is not None else {},
     }
     if stream.kind != "pair":
         sensor = stream.sensors[0]
@@ -239,7 +238,7 @@ def _stream_section(stream: StreamPlan, results: list[dict[str, Any]]) -> dict[s
 
 def _manifest(config: BuildConfig, plan: Plan, results: list[dict[str, Any]]) -> dict[str, Any]:
     cfg = config_dict(config)
-    streams = {stream.name: _stream_section(stream, results) for stream in plan.streams}
+    streams = {stream.name: _stream_section(stream, plan, results) for stream in plan.streams}
     modalities: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     for section in streams.values():

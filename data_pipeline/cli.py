@@ -1,4 +1,4 @@
-"""``ringmoe-data build --config FILE [key=value ...]`` and ``ringmoe-data verify DIR``.
+"""``ringmoe-data build|stats --config FILE [key=value ...]`` and ``ringmoe-data verify DIR``.
 
 A ``RingMoEError`` (bad config key, missing band file, corrupt shard) prints ``error: <message>`` and exits 2.
 Bad inputs are quarantined and counted in the summary (and the manifest); ``--strict`` fails on the first.
@@ -16,7 +16,9 @@ from typing import Any, Optional, Sequence
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from data_pipeline.band_stats import compute_stats
 from data_pipeline.build import build_from_file
+from data_pipeline.config import load_build_config
 from data_pipeline.manifest import read_manifest
 from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.errors import RingMoEError
@@ -32,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     build_cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     build_cmd.add_argument("--resume", action="store_true", help="keep finished shards of unchanged parts")
     build_cmd.add_argument("--strict", action="store_true", help="fail on the first bad input instead of quarantining")
+    stats_cmd = commands.add_parser("stats", help="per-channel mean/std/min/max of a build config's inputs")
+    stats_cmd.add_argument("--config", required=True, type=Path, help="build YAML")
+    stats_cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    stats_cmd.add_argument("--out", type=Path, help="JSON to write (default: <out_dir>/band_stats.json)")
     verify_cmd = commands.add_parser("verify", help="re-hash shards and check samples against the manifest")
     verify_cmd.add_argument("dir", type=Path, help="dataset directory holding manifest.json")
     verify_cmd.add_argument("--deep", action="store_true", help="also decode and check every sample")
@@ -53,12 +59,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 strict = True if args.strict else None
                 manifest = build_from_file(args.config, args.overrides, resume=args.resume, strict=strict)
                 print(build_summary(manifest, manifest["config"]["out_dir"], time.perf_counter() - start))
+            elif args.command == "stats":
+                return _stats(args, start)
             else:
                 return _verify(args, start)
     except RingMoEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _stats(args: argparse.Namespace, start: float) -> int:
+    config = load_build_config(args.config, args.overrides)
+    config_dir = args.config.parent
+    with tqdm(unit="scene", desc="stats", disable=None) as bar:
+        stats = compute_stats(config, config_dir, config.workers, on_scene=lambda: bar.update(1))
+    out = args.out or Path(config.out_dir) / "band_stats.json"
+    atomic_write_json(out, stats)
+    print(stats_summary(stats, out, time.perf_counter() - start))
+    return 0
+
+
+def stats_summary(stats: dict[str, Any], out: Path, seconds: float) -> str:
+    lines = [f"statistics of {len(stats['sources'])} source(s) in {seconds:.1f} s -> {out}"]
+    lines.append(f"  {'source':<18}{'channel':<10}{'pixels':>12}{'mean':>11}{'std':>11}{'min':>11}{'max':>11}")
+    for name, s in stats["sources"].items():
+        for c, channel in enumerate(s["channels"]):
+            lines.append(
+                f"  {name:<18}{channel:<10}{s['count'][c]:>12}{s['mean'][c]:>11.4f}{s['std'][c]:>11.4f}"
+                f"{s['min'][c]:>11.4f}{s['max'][c]:>11.4f}"
+            )
+    return "\n".join(lines)
 
 
 def _verify(args: argparse.Namespace, start: float) -> int:

@@ -40,6 +40,15 @@ class InputSpec:
     scenes: str
     band_files: Optional[str] = None
     band_indexes: Optional[dict[str, int]] = None
+    # zarr stores (a scene path ending in .zarr, or any zarr store directory): the array inside the store
+    # ("" = the store is the array) and its axis order; a "time" axis makes a multi-date cube.
+    array: str = ""
+    dims: list[str] = field(default_factory=lambda: ["band", "y", "x"])
+    # Pixels where this single-band raster (pattern with {scene}, or an array of the zarr store) is nonzero
+    # are invalid: clouds, shadows, no data. They join the valid mask.
+    invalid_mask: Optional[str] = None
+    # Read every window at 1/N resolution (GDAL uses the file's overviews when it has them; average).
+    downsample: int = 1
 
 
 @dataclass
@@ -88,6 +97,8 @@ class BuildConfig:
     min_valid_fraction: float = 0.5
     shard_max_samples: int = 1000
     shard_max_bytes: int = 512 * 2**20
+    # Per-channel mean/std from `ringmoe-data stats`; sources listed there are standardized ((x - mean) / std).
+    band_stats: str = ""
     workers: int = 1  # processes; each builds whole parts
     scenes_per_part: int = 16  # scenes (or pairs / sequences) per unit of parallel, resumable work
     strict: bool = False  # fail on the first bad input instead of quarantining it
@@ -147,12 +158,20 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
             raise bad(f"sequences[{i}].input", "not set")
         if seq.min_steps < 1:
             raise bad(f"sequences[{i}].min_steps", f"must be >= 1, got {seq.min_steps}")
+    for i, spec in enumerate(list(config.inputs) + [s for p in config.pairs for s in p.inputs]):
+        if "time" in spec.dims:
+            raise bad(f"inputs[{i}].dims", "a time axis makes a multi-date cube: list it under `sequences`")
     all_inputs = list(config.inputs) + [s for p in config.pairs for s in p.inputs] + [q.input for q in config.sequences]
     for i, spec in enumerate(all_inputs):
         if spec.band_files is not None and spec.band_indexes is not None:
             raise bad(f"inputs[{i}]", "set band_files (one file per band) or band_indexes (multi-band file), not both")
         if spec.band_files is not None:
             _check_pattern(spec.band_files, f"inputs[{i}].band_files", where)
+        if spec.downsample < 1:
+            raise bad(f"inputs[{i}].downsample", f"must be >= 1, got {spec.downsample}")
+        dims = list(spec.dims)
+        if sorted(d for d in dims if d != "time") != ["band", "x", "y"] or len(set(dims)) != len(dims):
+            raise bad(f"inputs[{i}].dims", f"{dims}: needs band, y and x once each, and optionally time")
         for band, index in (spec.band_indexes or {}).items():
             if index < 1:
                 raise bad(f"inputs[{i}].band_indexes.{band}", f"band indexes are 1-based, got {index}")

@@ -49,12 +49,22 @@ def valid_mask(raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Option
 
 
 def normalize(
-    raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]] = ()
+    raw: np.ndarray,
+    sensor: SensorSpec,
+    file_nodata: Sequence[Optional[float]] = (),
+    invalid: Optional[np.ndarray] = None,
+    standardize: Optional[Sequence[Sequence[float]]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``raw`` ``(B, H, W)`` -> image float32 ``(C, H, W)`` and valid uint8 ``(H, W)``."""
+    """``raw`` ``(B, H, W)`` -> image float32 ``(C, H, W)`` and valid uint8 ``(H, W)``.
+
+    ``invalid``: ``(H, W)`` bool of extra invalid pixels (clouds); ``standardize``: per-channel ``[mean, std]``
+    (from ``ringmoe-data stats``) applied after the kind's normalization.
+    """
     norm = sensor.normalization
     lo, hi = (float(v) for v in norm.clip)
     valid = valid_mask(raw, sensor, file_nodata)
+    if invalid is not None:
+        valid &= ~invalid
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if norm.kind == "reflectance":
             image = np.clip(raw.astype(np.float64) * norm.scale, lo, hi)
@@ -65,6 +75,9 @@ def normalize(
             image = np.clip(iq.astype(np.float64) * norm.scale, lo, hi)
         else:
             raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
+    if standardize is not None:
+        mean, std = (np.asarray(v, dtype=np.float64)[:, None, None] for v in standardize)
+        image = (image - mean) / np.where(std > 0, std, 1.0)
     image = image.astype(np.float32)
     image[:, ~valid] = 0.0
     return image, valid.astype(np.uint8)

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from data_pipeline.band_stats import load_band_stats
 from data_pipeline.config import BuildConfig, InputSpec, canonical_hash, config_dict
 from data_pipeline.read import Scene, find_scenes, open_scene, resolve_scene
 from data_pipeline.samples import Group, PairGroup, SequenceGroup, SingleGroup, TileSettings, parse_time
 from ringmoe.core.errors import DataError
 from ringmoe.core.schema import MANIFEST_FORMAT_VERSION
-from ringmoe.core.sensors import SensorRegistry, SensorSpec
+from ringmoe.core.sensors import SensorRegistry, SensorSpec, default_sources_dir, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,12 @@ class _Resolver:
 
 def make_plan(config: BuildConfig, config_dir: Path, registry: SensorRegistry, out_dir: Path) -> Plan:
     resolver = _Resolver(config_dir, config.strict)
-    streams = _single_streams(config, registry, resolver)
-    streams += [_pair_stream(pair, registry, resolver) for pair in config.pairs]
-    streams += [_sequence_stream(seq, registry, resolver) for seq in config.sequences]
+    streams = _streams(config, registry, resolver)
+    standardize: dict[str, list[list[float]]] = {}
+    if config.band_stats:
+        path = Path(config.band_stats) if Path(config.band_stats).is_absolute() else config_dir / config.band_stats
+        sensors = {sensor.name: sensor for stream in streams for sensor in stream.sensors}
+        standardize, _ = load_band_stats(path, sensors)
     parts = []
     for stream in streams:
         for number, start in enumerate(range(0, len(stream.groups), config.scenes_per_part)):
@@ -104,7 +108,11 @@ def make_plan(config: BuildConfig, config_dir: Path, registry: SensorRegistry, o
                 part=number,
                 groups=stream.groups[start : start + config.scenes_per_part],
                 tiles=TileSettings(
-                    config.tile_size, config.stride, config.min_valid_fraction, _resampling(config, stream)
+                    config.tile_size,
+                    config.stride,
+                    config.min_valid_fraction,
+                    _resampling(config, stream),
+                    {s.name: standardize[s.name] for s in stream.sensors if s.name in standardize},
                 ),
                 out_dir=out_dir,
                 max_samples=config.shard_max_samples,
@@ -114,6 +122,37 @@ def make_plan(config: BuildConfig, config_dir: Path, registry: SensorRegistry, o
             job.fingerprint = _fingerprint(job, stream, config, config_dir)
             parts.append(job)
     return Plan(streams, parts, resolver.quarantined)
+
+
+def _streams(config: BuildConfig, registry: SensorRegistry, resolver: "_Resolver") -> list[StreamPlan]:
+    streams = _single_streams(config, registry, resolver)
+    streams += [_pair_stream(pair, registry, resolver) for pair in config.pairs]
+    streams += [_sequence_stream(seq, registry, resolver) for seq in config.sequences]
+    return streams
+
+
+def scenes_by_source(config: BuildConfig, config_dir: Path) -> list[tuple[SensorSpec, Scene]]:
+    """Every readable scene of every input, pair and sequence once, with its sensor (for statistics)."""
+    resolver = _Resolver(config_dir, config.strict)
+    seen: dict[tuple[str, str], tuple[SensorSpec, Scene]] = {}
+    for stream in _streams(config, load_registry_for(config, config_dir), resolver):
+        for group in stream.groups:
+            for scene in _scenes_of(group):
+                sensor = group.sensor if not isinstance(group, PairGroup) else _sensor_of(group, scene)
+                seen.setdefault((sensor.name, str(scene.path)), (sensor, scene))
+    return list(seen.values())
+
+
+def _sensor_of(group: PairGroup, scene: Scene) -> SensorSpec:
+    return next(sensor for member, sensor, _ in group.members if member is scene)
+
+
+def load_registry_for(config: BuildConfig, config_dir: Path) -> SensorRegistry:
+    """The sensor registry a config names (``sources_dir``, relative to its folder), or the repository's."""
+    if not config.sources_dir:
+        return load_registry(default_sources_dir())
+    path = Path(config.sources_dir)
+    return load_registry(path if path.is_absolute() else config_dir / path)
 
 
 def _resampling(config: BuildConfig, stream: StreamPlan) -> str:

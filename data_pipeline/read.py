@@ -13,7 +13,9 @@ from typing import Optional
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec
@@ -34,6 +36,12 @@ class Scene:
     files: list[Path]
     indexes: list[int]
     expect_count: Optional[int]
+    invalid_mask: Optional[Path] = None  # GeoTIFF scenes: file; zarr scenes: see ``array_mask``
+    downsample: int = 1
+    store: str = ""  # "zarr" for array stores
+    array: str = ""
+    dims: tuple[str, ...] = ("band", "y", "x")
+    array_mask: str = ""
 
 
 def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
@@ -49,10 +57,39 @@ def scene_name(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
+def is_zarr_store(path: Path) -> bool:
+    return path.suffix == ".zarr" or any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
+
+
 def resolve_scene(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     """Map the source's modality bands to (file, band index) pairs for one scene."""
+    scene = _resolve_bands(path, spec, sensor)
+    scene.downsample = spec.downsample
+    scene.dims = tuple(spec.dims)
+    if spec.downsample > 1 and sensor.normalization.kind == "complex":
+        raise ConfigError(f"input {spec.source!r}: downsample averages pixels, which destroys complex SAR phase")
+    if "time" in spec.dims and scene.store != "zarr":
+        raise ConfigError(f"input {spec.source!r}: a time axis needs a zarr store; {path} is not one")
+    if spec.invalid_mask is not None:
+        if scene.store == "zarr":
+            scene.array_mask = spec.invalid_mask
+        else:
+            mask = (path if path.is_dir() else path.parent) / spec.invalid_mask.format(scene=scene.name)
+            if not mask.is_file():
+                raise DataError(f"{mask}: invalid mask of scene {scene.name!r} (source {sensor.name!r}) not found")
+            scene.invalid_mask = mask
+    return scene
+
+
+def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     name = scene_name(path)
     bands = sensor.modality_bands
+    if is_zarr_store(path):
+        if spec.band_files is not None:
+            raise DataError(f"{path}: scene of source {sensor.name!r} is a zarr store but the input sets band_files")
+        indexes = _band_indexes(spec, sensor) if spec.band_indexes is not None else []  # [] = from band_names
+        expect = None if spec.band_indexes is not None else len(bands)
+        return Scene(name, path, [path] * len(bands), indexes, expect, store="zarr", array=spec.array)
     if path.is_dir():
         if spec.band_files is None:
             raise DataError(f"{path}: scene of source {sensor.name!r} is a directory but the input sets no band_files")
@@ -88,6 +125,7 @@ class SceneReader:
         self.scene = scene
         self.sensor = sensor
         self._datasets: dict[Path, rasterio.DatasetReader] = {}
+        self._mask: Optional[rasterio.DatasetReader] = None
         try:
             for file in dict.fromkeys(scene.files):
                 try:
@@ -95,6 +133,8 @@ class SceneReader:
                 except RasterioError as exc:
                     raise DataError(f"{file}: cannot open raster ({exc})") from None
             self._check()
+            if scene.invalid_mask is not None:
+                self._open_mask(scene.invalid_mask)
         except BaseException:
             self.close()
             raise
@@ -132,7 +172,8 @@ class SceneReader:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self._first.shape
+        height, width = self._first.shape
+        return height // self.scene.downsample, width // self.scene.downsample
 
     @property
     def crs(self) -> str:
@@ -140,24 +181,58 @@ class SceneReader:
         return crs.to_string() if crs else ""
 
     @property
-    def transform(self):  # rasterio Affine
-        return self._first.transform
+    def transform(self):  # rasterio Affine, of the (possibly downsampled) pixel grid
+        return self._first.transform @ Affine.scale(self.scene.downsample)
 
     def file_nodata(self) -> list[Optional[float]]:
         """The nodata value each band's file declares (may differ from the source registry's)."""
         return [self._datasets[f].nodatavals[i - 1] for f, i in zip(self.scene.files, self.scene.indexes)]
 
     def read(self, window: Window) -> np.ndarray:
+        """Raw modality bands ``(B, h, w)`` of ``window`` (in this reader's, possibly downsampled, pixels)."""
         try:
-            planes = [self._datasets[f].read(i, window=window) for f, i in zip(self.scene.files, self.scene.indexes)]
+            planes = [self._read(self._datasets[f], i, window) for f, i in zip(self.scene.files, self.scene.indexes)]
         except RasterioError as exc:
             raise DataError(f"{self.scene.path}: read of window {window} failed ({exc})") from None
         return np.stack(planes)
+
+    def invalid(self, window: Window) -> Optional[np.ndarray]:
+        """``(h, w)`` bool, True where the scene's invalid mask (clouds, ...) is set; None without a mask."""
+        if self._mask is None:
+            return None
+        try:
+            return self._read(self._mask, 1, window, Resampling.nearest) != 0
+        except RasterioError as exc:
+            raise DataError(f"{self.scene.invalid_mask}: read of window {window} failed ({exc})") from None
+
+    def _read(self, ds, index: int, window: Window, resampling=Resampling.average) -> np.ndarray:
+        factor = self.scene.downsample
+        if factor == 1:
+            return ds.read(index, window=window)
+        full = Window(window.col_off * factor, window.row_off * factor, window.width * factor, window.height * factor)
+        # Reading a large window into a small out_shape lets GDAL pick the closest overview level.
+        return ds.read(index, window=full, out_shape=(int(window.height), int(window.width)), resampling=resampling)
+
+    def _open_mask(self, path: Path) -> None:
+        try:
+            self._mask = rasterio.open(path)
+        except RasterioError as exc:
+            raise DataError(f"{path}: cannot open invalid mask ({exc})") from None
+        first = self._first
+        if self._mask.count != 1:
+            raise DataError(f"{path}: invalid mask must have 1 band, found {self._mask.count}")
+        if self._mask.shape != first.shape or self._mask.crs != first.crs:
+            raise DataError(f"{path}: invalid mask grid {self._mask.shape} {self._mask.crs} differs from the scene's")
+        if not self._mask.transform.almost_equals(first.transform):
+            raise DataError(f"{path}: invalid mask transform differs from the scene's")
 
     def close(self) -> None:
         for ds in self._datasets.values():
             ds.close()
         self._datasets.clear()
+        if self._mask is not None:
+            self._mask.close()
+            self._mask = None
 
     def __enter__(self) -> "SceneReader":
         return self
@@ -166,7 +241,11 @@ class SceneReader:
         self.close()
 
 
-def open_scene(scene: Scene, sensor: SensorSpec) -> SceneReader:
-    """The reader for ``scene``; every reader has ``shape``, ``crs``, ``transform``, ``file_nodata()`` and
-    ``read(window)``."""
+def open_scene(scene: Scene, sensor: SensorSpec):
+    """The reader for ``scene``; every reader has ``shape``, ``crs``, ``transform``, ``file_nodata()``,
+    ``read(window)`` and ``invalid(window)``; zarr time cubes also ``timestamps`` and ``read_sequence(window)``."""
+    if scene.store == "zarr":
+        from data_pipeline.zarr_scene import ZarrSceneReader  # zarr is only imported when a store is read
+
+        return ZarrSceneReader(scene, sensor)
     return SceneReader(scene, sensor)

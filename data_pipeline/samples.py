@@ -55,6 +55,14 @@ class TileSettings:
     stride: int
     min_valid_fraction: float
     resampling: str = "bilinear"
+    standardize: dict[str, list[list[float]]] = field(default_factory=dict)  # source -> [mean, std]
+
+
+def _read_normalized(reader, window, sensor: SensorSpec, tiles: TileSettings):
+    """Image and valid mask of one window of a scene on its own grid, with its invalid mask applied."""
+    return normalize(
+        reader.read(window), sensor, reader.file_nodata(), reader.invalid(window), tiles.standardize.get(sensor.name)
+    )
 
 
 @dataclass
@@ -144,10 +152,9 @@ def _windows(reader, tiles: TileSettings, start: int):
 def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:
     sensor, scene = group.sensor, group.scene
     with open_scene(scene, sensor) as reader:
-        file_nodata = reader.file_nodata()
         for window in _windows(reader, tiles, start):
             try:
-                image, valid = normalize(reader.read(window), sensor, file_nodata)
+                image, valid = _read_normalized(reader, window, sensor, tiles)
             except DataError as exc:
                 yield Quarantined(str(scene.path), str(exc))
                 continue
@@ -187,10 +194,10 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
             try:
                 for (scene, sensor, when), reader in zip(group.members, readers):
                     if reader is ref:
-                        image, valid = normalize(ref.read(window), ref_sensor, ref.file_nodata())
+                        image, valid = _read_normalized(ref, window, ref_sensor, tiles)
                     else:
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
-                        image, valid = normalize(raw, sensor)
+                        image, valid = normalize(raw, sensor, standardize=tiles.standardize.get(sensor.name))
                     fractions.append(float(valid.mean()))
                     members[f"{sensor.name}.{IMAGE_EXT}"] = npy_bytes(image)
                     members[f"{sensor.name}.{VALID_EXT}"] = npy_bytes(valid)
@@ -241,13 +248,19 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
         for window in _windows(ref, tiles, start):
             transform = ref.transform @ Affine.translation(window.col_off, window.row_off)
             try:
+                stats = tiles.standardize.get(sensor.name)
                 if cube:
-                    steps = [normalize(raw, sensor, ref.file_nodata()) for raw in ref.read_sequence(window)]
+                    masks = ref.invalid(window)
+                    raws = ref.read_sequence(window)
+                    steps = [
+                        normalize(raw, sensor, ref.file_nodata(), None if masks is None else masks[t], stats)
+                        for t, raw in enumerate(raws)
+                    ]
                 else:
-                    steps = [normalize(ref.read(window), sensor, ref.file_nodata())]
+                    steps = [_read_normalized(ref, window, sensor, tiles)]
                     for reader in readers[1:]:
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
-                        steps.append(normalize(raw, sensor))
+                        steps.append(normalize(raw, sensor, standardize=stats))
             except (DataError, ValueError) as exc:
                 yield Quarantined(str(group.dates[0][0].path), f"sequence {group.footprint!r}: {exc}")
                 continue

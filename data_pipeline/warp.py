@@ -46,6 +46,9 @@ def warp_tile(reader, sensor: SensorSpec, dst_transform: Affine, dst_crs: str, s
         return empty
     raw = reader.read(window)
     ok = valid_mask(raw, sensor, reader.file_nodata())
+    invalid = reader.invalid(window)
+    if invalid is not None:
+        ok &= ~invalid
     src_transform = reader.transform @ Affine.translation(window.col_off, window.row_off)
     method = Resampling.nearest if complex_data else Resampling[resampling]
     planes = [raw.real, raw.imag] if complex_data else [raw]

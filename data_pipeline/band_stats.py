@@ -1,0 +1,163 @@
+"""Per-channel statistics of a build's inputs, computed streaming (``ringmoe-data stats``), and their use.
+
+Statistics are over the valid pixels of every scene of every source the build config names, after the
+source's normalization (the values the model would see without standardization). Accumulators hold count,
+mean and the sum of squared deviations in float64 and merge exactly (Chan et al.), so scenes are processed in
+any order, in parallel processes, with one pass over the data and constant memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from rasterio.windows import Window
+
+from data_pipeline.config import BuildConfig, canonical_hash, config_dict
+from data_pipeline.normalize import channel_names, normalize
+from data_pipeline.read import Scene, open_scene
+from ringmoe.core.errors import DataError
+from ringmoe.core.sensors import SensorSpec
+
+STATS_FORMAT_VERSION = 1
+
+
+@dataclass
+class ChannelStats:
+    """Mergeable running statistics of C channels."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def empty(cls, channels: int) -> "ChannelStats":
+        zeros = np.zeros(channels, dtype=np.float64)
+        return cls(zeros.copy(), zeros.copy(), zeros.copy(), np.full(channels, np.inf), np.full(channels, -np.inf))
+
+    def update(self, image: np.ndarray, valid: np.ndarray) -> None:
+        """Add the valid pixels of ``image`` ``(C, H, W)``."""
+        pixels = image[:, valid.astype(bool)].astype(np.float64)
+        if pixels.shape[1] == 0:
+            return
+        n = pixels.shape[1]
+        block = ChannelStats(
+            np.full(len(pixels), float(n)),
+            pixels.mean(axis=1),
+            ((pixels - pixels.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
+            pixels.min(axis=1),
+            pixels.max(axis=1),
+        )
+        self.merge(block)
+
+    def merge(self, other: "ChannelStats") -> None:
+        total = self.count + other.count
+        safe = np.where(total > 0, total, 1.0)
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * other.count / safe
+        self.m2 = self.m2 + other.m2 + delta**2 * self.count * other.count / safe
+        self.count = total
+        self.low = np.minimum(self.low, other.low)
+        self.high = np.maximum(self.high, other.high)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / np.where(self.count > 0, self.count, 1.0))
+
+
+def compute_stats(
+    config: BuildConfig, config_dir: Path, workers: int = 1, on_scene: Optional[Callable[[], None]] = None
+) -> dict[str, Any]:
+    """Statistics per source over every scene the config names; returns the JSON-able result."""
+    from data_pipeline.plan import scenes_by_source  # plan imports this module for standardization
+
+    jobs = [(scene, sensor, config.tile_size) for sensor, scene in scenes_by_source(config, config_dir)]
+    if not jobs:
+        raise DataError("no readable scene in the config's inputs; nothing to compute statistics over")
+    totals: dict[str, ChannelStats] = {}
+    sensors: dict[str, SensorSpec] = {}
+
+    def add(name: str, stats: ChannelStats) -> None:
+        totals.setdefault(name, ChannelStats.empty(len(stats.count))).merge(stats)
+
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            add(job[1].name, scene_stats(*job))
+            sensors[job[1].name] = job[1]
+            if on_scene is not None:
+                on_scene()
+    else:
+        context = multiprocessing.get_context("spawn")  # see build._run: no fork with GDAL handles open
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(scene_stats, *job) for job in jobs]
+            for _ in as_completed(futures):
+                if on_scene is not None:
+                    on_scene()
+        # Merge in plan order so the float64 result does not depend on completion order.
+        for (_, sensor, _), future in zip(jobs, futures):
+            add(sensor.name, future.result())
+            sensors[sensor.name] = sensor
+    cfg = config_dict(config)
+    return {
+        "format_version": STATS_FORMAT_VERSION,
+        "config_hash": canonical_hash(cfg),
+        "sources": {
+            name: {
+                "channels": channel_names(sensors[name]),
+                "count": [int(c) for c in stats.count],
+                "mean": stats.mean.tolist(),
+                "std": stats.std.tolist(),
+                "min": stats.low.tolist(),
+                "max": stats.high.tolist(),
+            }
+            for name, stats in totals.items()
+        },
+    }
+
+
+def scene_stats(scene: Scene, sensor: SensorSpec, block: int) -> ChannelStats:
+    """Statistics of one scene, read in ``block`` x ``block`` windows covering all of it (edges included)."""
+    stats = ChannelStats.empty(sensor.channels())
+    with open_scene(scene, sensor) as reader:
+        height, width = reader.shape
+        cube = getattr(reader, "timestamps", None) is not None
+        for row in range(0, height, block):
+            for col in range(0, width, block):
+                window = Window(col, row, min(block, width - col), min(block, height - row))
+                invalid = reader.invalid(window)
+                if cube:
+                    for t, raw in enumerate(reader.read_sequence(window)):
+                        mask = None if invalid is None else invalid[t]
+                        stats.update(*normalize(raw, sensor, reader.file_nodata(), mask))
+                else:
+                    stats.update(*normalize(reader.read(window), sensor, reader.file_nodata(), invalid))
+    return stats
+
+
+def load_band_stats(path: Path, sensors: dict[str, SensorSpec]) -> tuple[dict[str, list[list[float]]], str]:
+    """``{source: [mean, std]}`` for the sources of this build found in a stats file, and the file's sha256."""
+    try:
+        data = path.read_bytes()
+        stats = json.loads(data)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read band statistics ({exc})") from None
+    if not isinstance(stats, dict) or stats.get("format_version") != STATS_FORMAT_VERSION:
+        raise DataError(f"{path}: not a `ringmoe-data stats` file (format_version {STATS_FORMAT_VERSION})")
+    result = {}
+    for name, entry in stats.get("sources", {}).items():
+        if name not in sensors:
+            continue
+        want = channel_names(sensors[name])
+        if entry.get("channels") != want:
+            raise DataError(f"{path}: source {name!r} has channels {entry.get('channels')}, the build makes {want}")
+        result[name] = [[float(v) for v in entry["mean"]], [float(v) for v in entry["std"]]]
+    return result, hashlib.sha256(data).hexdigest()

@@ -1,0 +1,227 @@
+"""Band statistics (``ringmoe-data stats``) and standardization, zarr scenes and time cubes, invalid (cloud)
+masks and reduced-resolution reads, on real rasters and the real eo-learn Sentinel-2 L1C series."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rasterio.enums import Resampling
+
+from data_pipeline.band_stats import ChannelStats, compute_stats
+from data_pipeline.build import build
+from data_pipeline.cli import main
+from data_pipeline.config import BuildConfig, InputSpec, SequenceSpec
+from data_pipeline.normalize import normalize
+from data_pipeline.verify import verify
+from ringmoe.core.errors import ConfigError, DataError
+from ringmoe.core.sensors import load_registry
+from tests.data_pipeline.helpers import S2_SCENE, write_geotiff
+
+S2_INPUT = InputSpec("sentinel2_l2a", str(S2_SCENE), band_files="{scene}_{band}.tif")
+EOLEARN = "sentinel2_l1c_timeseries_eolearn"
+L1C_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def _images(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, valid) of every sample of a dataset."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    found = []
+    for entry in manifest["shards"]:
+        with tarfile.open(out / entry["path"]) as tar:
+            arrays = {m.name: np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar if m.name.endswith(".npy")}
+        keys = sorted({name.split(".")[0] for name in arrays})
+        found += [(arrays[f"{k}.image.npy"], arrays[f"{k}.valid.npy"]) for k in keys]
+    return found
+
+
+def _s2_whole_scene() -> tuple[np.ndarray, np.ndarray]:
+    sensor = load_registry()["sentinel2_l2a"]
+    planes = []
+    for band in sensor.modality_bands:
+        with rasterio.open(S2_SCENE / f"{S2_SCENE.name}_{band}.tif") as ds:
+            planes.append(ds.read(1))
+    return normalize(np.stack(planes), sensor)
+
+
+def test_stats_equal_numpy_over_valid_pixels_and_merge_exactly(tmp_path):
+    stats = compute_stats(BuildConfig(inputs=[S2_INPUT], out_dir=str(tmp_path), tile_size=50), Path("."))
+    entry = stats["sources"]["sentinel2_l2a"]
+    image, valid = _s2_whole_scene()
+    pixels = image[:, valid.astype(bool)].astype(np.float64)
+    assert entry["channels"] == ["B02", "B03", "B04", "B08"] and entry["count"] == [pixels.shape[1]] * 4
+    np.testing.assert_allclose(entry["mean"], pixels.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(entry["std"], pixels.std(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(entry["min"], pixels.min(axis=1))
+    halves = [ChannelStats.empty(4), ChannelStats.empty(4)]
+    halves[0].update(image[:, :37], valid[:37])
+    halves[1].update(image[:, 37:], valid[37:])
+    halves[0].merge(halves[1])
+    np.testing.assert_allclose(halves[0].std, pixels.std(axis=1), rtol=1e-12)
+
+
+def test_parallel_stats_equal_serial(tmp_path):
+    inputs = [
+        S2_INPUT,
+        InputSpec(
+            "sentinel1_grd",
+            str(S2_SCENE.parents[1] / "sentinel1_grd_bigearthnet" / "*"),
+            band_files="{scene}_{band}.tif",
+        ),
+    ]
+    serial = compute_stats(BuildConfig(inputs=inputs, out_dir=str(tmp_path), tile_size=64), Path("."))
+    parallel = compute_stats(BuildConfig(inputs=inputs, out_dir=str(tmp_path), tile_size=64), Path("."), workers=2)
+    assert parallel == serial and serial["sources"]["sentinel1_grd"]["count"][0] == 6 * 120 * 120
+
+
+def test_band_stats_standardize_the_shards_and_enter_the_fingerprint(tmp_path, capsys):
+    config_path = tmp_path / "build.yaml"
+    config_path.write_text(
+        f"out_dir: {tmp_path / 'out'}\ntile_size: 60\nband_stats: stats.json\n"
+        f"inputs: [{{source: sentinel2_l2a, scenes: '{S2_SCENE}', band_files: '{{scene}}_{{band}}.tif'}}]\n"
+    )
+    assert main(["stats", "--config", str(config_path), "--out", str(tmp_path / "stats.json")]) == 0
+    assert "sentinel2_l2a     B08" in capsys.readouterr().out
+    assert main(["build", "--config", str(config_path)]) == 0
+    images = _images(tmp_path / "out")
+    pixels = np.concatenate([img[:, ok.astype(bool)] for img, ok in images], axis=1)  # 4 tiles = whole scene
+    np.testing.assert_allclose(pixels.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(pixels.std(axis=1), 1.0, atol=1e-4)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(manifest["streams"]["sentinel2_l2a"]["standardized"]["sentinel2_l2a"][0]) == 4
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tar")}
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    stats["sources"]["sentinel2_l2a"]["std"][0] *= 2  # other statistics -> other bytes: resume must rebuild
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    assert main(["build", "--config", str(config_path), "--resume"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tar")} != stamps
+
+
+def test_stats_of_other_channels_are_refused(tmp_path):
+    stats = {"format_version": 1, "sources": {"sentinel2_l2a": {"channels": ["B02"], "mean": [0], "std": [1]}}}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    config = BuildConfig(inputs=[S2_INPUT], out_dir=str(tmp_path / "o"), band_stats="stats.json")
+    with pytest.raises(DataError, match=r"stats\.json: source 'sentinel2_l2a' has channels \['B02'\]"):
+        build(config, tmp_path)
+
+
+def test_geotiff_invalid_mask_joins_the_valid_mask(tmp_path):
+    scene = tmp_path / S2_SCENE.name
+    scene.mkdir()
+    for band_file in S2_SCENE.glob("*.tif"):
+        (scene / band_file.name).write_bytes(band_file.read_bytes())
+    clouds = np.zeros((1, 120, 120), dtype=np.uint8)
+    clouds[0, 10:40, 20:50] = 255
+    with rasterio.open(scene / f"{S2_SCENE.name}_B02.tif") as ds:
+        crs, origin = ds.crs.to_string(), (ds.transform.c, ds.transform.f)
+    write_geotiff(scene / "clouds.tif", clouds, crs=crs, origin=origin)
+    spec = InputSpec("sentinel2_l2a", str(scene), band_files="{scene}_{band}.tif", invalid_mask="clouds.tif")
+    build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=120, min_valid_fraction=0.1))
+    [(image, valid)] = _images(tmp_path / "out")
+    assert (valid[10:40, 20:50] == 0).all() and (image[:, 10:40, 20:50] == 0).all()
+    assert valid.sum() == 120 * 120 - 30 * 30
+
+
+def test_downsample_reads_overviews_and_coarsens_the_grid(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 10000, size=(4, 256, 256)).astype(np.uint16)
+    path = write_geotiff(tmp_path / "ms.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2], Resampling.average)
+    spec = InputSpec("gaofen2_pms", str(path), downsample=2)
+    build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=64))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["samples"] == 4  # 128 x 128 after downsampling: 2 x 2 tiles of 64
+    with tarfile.open(tmp_path / "out" / manifest["shards"][0]["path"]) as tar:
+        meta = json.loads(tar.extractfile(tar.getmember(tar.getnames()[0].split(".")[0] + ".json")).read())
+        image = np.load(
+            io.BytesIO(tar.extractfile(tar.getmember(tar.getnames()[0].split(".")[0] + ".image.npy")).read())
+        )
+    assert meta["transform"][0] == 20.0 and meta["transform"][4] == -20.0  # 10 m pixels read as 20 m
+    block_mean = data[:, :128, :128].reshape(4, 64, 2, 64, 2).astype(np.float64).mean(axis=(2, 4))
+    scale = load_registry()["gaofen2_pms"].normalization.scale
+    np.testing.assert_allclose(image, np.clip(block_mean * scale, 0, 1), atol=scale)  # overview rounds to uint16
+
+
+def _eolearn_cube(real_pack: Path, path: Path) -> list[str]:
+    """The 5 real L1C scenes as a zarr time cube (time, y, x, band) of uint16 DN with the real cloud mask; dates
+    ascending. Returns the timestamps."""
+    base = real_pack / EOLEARN
+    scenes = np.load(base / "REFERENCE_SCENES.npy", allow_pickle=False)  # (5, 101, 100, 13)
+    clouds = np.load(base / "TestEOPatch" / "mask" / "CLM.npy", allow_pickle=False)[..., 0]  # (68, 101, 100)
+    stamps = json.loads((base / "TestEOPatch" / "timestamps.json").read_text())
+    ring = json.loads((base / "TestEOPatch" / "bbox.geojson").read_text())["coordinates"][0]
+    xs, ys = zip(*ring)
+    order = sorted(range(5), key=lambda k: [2, 1, 4, 3, 0][k])  # REFERENCE_SCENES[k] is timestamps[[2,1,4,3,0][k]]
+    dates = [[2, 1, 4, 3, 0][k] for k in order]
+    group = zarr.open_group(str(path), mode="w")
+    cube = group.create_array("bands", shape=(5, 101, 100, 13), dtype="uint16", chunks=(1, 64, 64, 13))
+    cube[:] = np.round(scenes[order] * 10000).astype(np.uint16)  # the product's native DN encoding
+    mask = group.create_array("clouds", shape=(5, 101, 100), dtype="uint8", chunks=(1, 64, 64))
+    mask[:] = clouds[dates]
+    width, height = max(xs) - min(xs), max(ys) - min(ys)
+    group.attrs.update(
+        crs="EPSG:32633",
+        transform=[width / 100, 0.0, min(xs), 0.0, -height / 101, max(ys)],
+        band_names=L1C_BANDS,
+        timestamps=[stamps[i] for i in dates],
+    )
+    return [stamps[i] for i in dates]
+
+
+def test_zarr_time_cube_with_real_clouds_becomes_sequences(real_pack, tmp_path):
+    stamps = _eolearn_cube(real_pack, tmp_path / "eopatch.zarr")
+    spec = InputSpec(
+        "sentinel2_l1c",
+        str(tmp_path / "eopatch.zarr"),
+        array="bands",
+        dims=["time", "y", "x", "band"],
+        invalid_mask="clouds",
+    )
+    out = tmp_path / "out"
+    manifest = build(
+        BuildConfig(
+            sequences=[SequenceSpec("eopatch", input=spec)], out_dir=str(out), tile_size=48, min_valid_fraction=0.3
+        )
+    )
+    assert manifest["streams"]["eopatch"]["samples"] == 4
+    verify(out, deep=True)
+    [(image, valid), *_] = _images(out)
+    clouds = np.load(real_pack / EOLEARN / "TestEOPatch" / "mask" / "CLM.npy", allow_pickle=False)[..., 0]
+    dates = [json.loads((real_pack / EOLEARN / "TestEOPatch" / "timestamps.json").read_text()).index(s) for s in stamps]
+    assert image.shape == (5, 4, 48, 48)
+    np.testing.assert_array_equal(valid, 1 - clouds[dates][:, :48, :48])  # the real cloud mask, per date
+    scenes = np.load(real_pack / EOLEARN / "REFERENCE_SCENES.npy", allow_pickle=False)
+    k = [2, 1, 4, 3, 0].index(dates[-1])
+    expected = np.round(scenes[k][:48, :48][..., [1, 2, 3, 7]].transpose(2, 0, 1) * 1e4) * 1e-4
+    np.testing.assert_allclose(image[-1], np.where(valid[-1] == 1, expected, 0), atol=1e-6)
+
+
+def test_zarr_single_image_and_its_errors(real_pack, tmp_path):
+    _eolearn_cube(real_pack, tmp_path / "cube.zarr")
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="w")
+    image = one.create_array("image", shape=(13, 101, 100), dtype="uint16")
+    image[:] = zarr.open_group(str(tmp_path / "cube.zarr"))["bands"][4].transpose(2, 0, 1)
+    one.attrs.update(crs="EPSG:32633", transform=[10.0, 0.0, 465180.0, 0.0, -10.0, 5080255.0], band_names=L1C_BANDS)
+    spec = InputSpec("sentinel2_l1c", str(tmp_path / "one.zarr"), array="image")
+    manifest = build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=50, strict=True))
+    assert manifest["sources"]["sentinel2_l1c"]["samples"] == 4
+    verify(tmp_path / "out", deep=True)
+
+    del one.attrs["crs"]
+    with pytest.raises(DataError, match=r"one\.zarr \(array 'image'\): attribute 'crs' missing"):
+        build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "o2"), strict=True))
+    cube_as_image = InputSpec(
+        "sentinel2_l1c", str(tmp_path / "cube.zarr"), array="bands", dims=["time", "y", "x", "band"]
+    )
+    with pytest.raises(ConfigError, match=r"inputs\[0\]\.dims.*multi-date cube: list it under `sequences`"):
+        build(BuildConfig(inputs=[cube_as_image], out_dir=str(tmp_path / "o3"), strict=True))
+    missing = InputSpec("sentinel2_l1c", str(tmp_path / "cube.zarr"), array="nope")
+    with pytest.raises(DataError, match=r"no array 'nope' in the store; arrays: \['bands', 'clouds'\]"):
+        build(BuildConfig(inputs=[missing], out_dir=str(tmp_path / "o4"), strict=True))
