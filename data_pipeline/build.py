@@ -95,7 +95,7 @@ def build_part(job: PartJob, resume: bool = False, on_group: Optional[Callable[[
         return _result(job, state)
     if state is None:
         state = {"fingerprint": job.fingerprint, "done": False, "shards": [], "next": [0, 0]}
-        state.update(samples=0, skipped={}, quarantined=[])
+        state.update(samples=0, skipped={}, quarantined=[], nonfinite_pixels=0)
     elif state["shards"]:
         log.info("%s part %d: resuming after %d finished shard(s)", job.stream, job.part, len(state["shards"]))
     _remove_part_files(job, keep={entry["path"] for entry in state["shards"]})
@@ -103,6 +103,7 @@ def build_part(job: PartJob, resume: bool = False, on_group: Optional[Callable[[
     skipped: Counter[str] = Counter(state["skipped"])
     quarantined: list[dict[str, str]] = list(state["quarantined"])
     position = list(state["next"])
+    nonfinite = [state["nonfinite_pixels"]]
 
     def save(entry: Optional[dict[str, Any]], done: bool = False) -> None:
         if entry is not None:
@@ -110,6 +111,7 @@ def build_part(job: PartJob, resume: bool = False, on_group: Optional[Callable[[
             state["samples"] += entry["samples"]
         # The sample being written when a shard rolls over belongs to the next shard: resume starts there.
         state.update(next=list(position), skipped=dict(skipped), quarantined=list(quarantined), done=done)
+        state["nonfinite_pixels"] = nonfinite[0]
         write_json_atomic(journal, state)
 
     writer = ShardWriter(
@@ -124,8 +126,10 @@ def build_part(job: PartJob, resume: bool = False, on_group: Optional[Callable[[
                 position[:] = [group_number, start + offset]
                 if isinstance(event, Sample):
                     writer.write(event.key, event.members, event.sources)
+                    nonfinite[0] += event.nonfinite
                 elif isinstance(event, Skipped):
                     skipped[event.reason] += 1
+                    nonfinite[0] += event.nonfinite
                 elif isinstance(event, Quarantined):
                     if job.strict:
                         raise DataError(f"{event.file}: {event.reason}")
@@ -146,6 +150,7 @@ def _result(job: PartJob, state: dict[str, Any]) -> dict[str, Any]:
         "samples": state["samples"],
         "skipped": state["skipped"],
         "quarantined": state["quarantined"],
+        "nonfinite_pixels": state["nonfinite_pixels"],
     }
 
 
@@ -170,6 +175,7 @@ def _load_journal(path: Path, job: PartJob) -> Optional[dict[str, Any]]:
         if not index.is_file() or sha256_file(index) != entry["index_sha256"]:
             log.warning("%s: index %s changed since it was written, rebuilding the part", path, index)
             return None
+    state.setdefault("nonfinite_pixels", 0)  # journals written before the count existed
     return state
 
 
@@ -220,6 +226,8 @@ def _stream_section(stream: StreamPlan, plan: Plan, results: list[dict[str, Any]
         "samples": sum(r["samples"] for r in mine),
         "skipped": dict(skipped),
         "quarantined": sum(len(r["quarantined"]) for r in mine),
+        # NaN/inf raw pixels: masked invalid (valid.npy = 0, image = 0), counted here, never written.
+        "nonfinite_pixels": sum(r["nonfinite_pixels"] for r in mine),
         "shards": len(shards),
         "bytes": sum(entry["bytes"] for entry in shards),
         # Per-channel [mean, std] the images were standardized with (band_stats), by source; {} if none.
@@ -260,6 +268,7 @@ def _manifest(config: BuildConfig, plan: Plan, results: list[dict[str, Any]]) ->
         # Single-source streams by source name: what the pretraining loader mixes.
         "sources": {name: s for name, s in streams.items() if s["kind"] == "single"},
         "skipped": dict(skipped),
+        "nonfinite_pixels": sum(section["nonfinite_pixels"] for section in streams.values()),
         "quarantined": quarantined,
         "shards": [entry for r in results for entry in r["shards"]],
     }

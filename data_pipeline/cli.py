@@ -132,6 +132,7 @@ def build_summary(manifest: dict[str, Any], out_dir: str, seconds: float) -> str
     lines.append("  per modality: " + (", ".join(f"{m}={n}" for m, n in manifest["modalities"].items()) or "none"))
     skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
     lines.append(f"  skipped tiles: {skipped}")
+    lines.append(f"  NaN/inf pixels masked as invalid: {manifest['nonfinite_pixels']}")
     quarantined = manifest["quarantined"]
     lines.append(f"  quarantined: {len(quarantined)}" + (" (see 'quarantined' in the manifest)" if quarantined else ""))
     for item in quarantined[:10]:

@@ -33,11 +33,13 @@ class Sample:
     key: str
     members: dict[str, bytes]
     sources: list[str]
+    nonfinite: int = 0  # NaN/inf pixels of the raw window, masked as invalid (counted, never written)
 
 
 @dataclass
 class Skipped:
     reason: str
+    nonfinite: int = 0
 
 
 @dataclass
@@ -59,10 +61,14 @@ class TileSettings:
 
 
 def _read_normalized(reader, window, sensor: SensorSpec, tiles: TileSettings):
-    """Image and valid mask of one window of a scene on its own grid, with its invalid mask applied."""
-    return normalize(
-        reader.read(window), sensor, reader.file_nodata(), reader.invalid(window), tiles.standardize.get(sensor.name)
+    """Image, valid mask (the scene's invalid mask applied) and the count of non-finite raw pixels of one
+    window of a scene on its own grid."""
+    raw = reader.read(window)
+    nonfinite = int(np.count_nonzero(~np.isfinite(raw).all(axis=0)))
+    image, valid = normalize(
+        raw, sensor, reader.file_nodata(), reader.invalid(window), tiles.standardize.get(sensor.name)
     )
+    return image, valid, nonfinite
 
 
 @dataclass
@@ -154,13 +160,13 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
     with open_scene(scene, sensor) as reader:
         for window in _windows(reader, tiles, start):
             try:
-                image, valid = _read_normalized(reader, window, sensor, tiles)
+                image, valid, nonfinite = _read_normalized(reader, window, sensor, tiles)
             except DataError as exc:
                 yield Quarantined(str(scene.path), str(exc))
                 continue
             fraction = float(valid.mean())
             if fraction < tiles.min_valid_fraction:
-                yield Skipped(SKIP_LOW_VALID)
+                yield Skipped(SKIP_LOW_VALID, nonfinite)
                 continue
             row, col = int(window.row_off), int(window.col_off)
             geometry = tile_geometry(window, reader.transform)
@@ -176,7 +182,7 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
                 "valid_fraction": fraction,
             }
             members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
-            yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name])
+            yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name], nonfinite)
 
 
 def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:
@@ -194,7 +200,7 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
             try:
                 for (scene, sensor, when), reader in zip(group.members, readers):
                     if reader is ref:
-                        image, valid = _read_normalized(ref, window, ref_sensor, tiles)
+                        image, valid, _ = _read_normalized(ref, window, ref_sensor, tiles)
                     else:
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
                         image, valid = normalize(raw, sensor, standardize=tiles.standardize.get(sensor.name))
@@ -257,7 +263,7 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
                         for t, raw in enumerate(raws)
                     ]
                 else:
-                    steps = [_read_normalized(ref, window, sensor, tiles)]
+                    steps = [_read_normalized(ref, window, sensor, tiles)[:2]]
                     for reader in readers[1:]:
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
                         steps.append(normalize(raw, sensor, standardize=stats))

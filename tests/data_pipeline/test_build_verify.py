@@ -176,10 +176,12 @@ def test_crash_leaves_no_tmp_and_no_manifest_and_resume_finishes_byte_identical(
 def test_nan_raster_gives_skipped_tiles_and_no_nan(tmp_path):
     data = np.full((4, 128, 192), 900.0, dtype=np.float64)
     data[:, :, :100] = np.nan  # tiles 0 and 1 of each row are (mostly) NaN
+    data[2, 70, 150] = np.inf  # one more pixel, in a kept tile
     write_geotiff(tmp_path / "nan_ms.tif", data)
     config = BuildConfig(inputs=[InputSpec("worldview2", "nan_ms.tif")], out_dir=str(tmp_path / "out"), tile_size=64)
     manifest = build(config, config_dir=tmp_path)
     assert manifest["skipped"] == {"low_valid_fraction": 4} and manifest["samples"] == 2
+    assert manifest["nonfinite_pixels"] == 128 * 100 + 1  # every one counted, none written
     verify(tmp_path / "out", deep=True)  # deep: every image finite
 
 
