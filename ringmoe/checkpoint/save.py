@@ -22,11 +22,19 @@ def tag_for(step: int) -> str:
     return f"global_step{step}"
 
 
-def save_checkpoint(engine, config: RunConfig, root: Path, step: int) -> Path:
+def data_state_name(rank: int) -> str:
+    return f"data_state_rank{rank:05d}.json"
+
+
+def save_checkpoint(engine, config: RunConfig, root: Path, step: int, data_state: dict | None = None) -> Path:
+    """``data_state``: this rank's ``ShardLoader.state_dict()``, kept as JSON so a resumed run continues the
+    exact sample sequence."""
     tag = tag_for(step)
     engine.save_checkpoint(str(root), tag=tag, client_state={"ringmoe_step": step})
-    dist.barrier()
     directory = root / tag
+    if data_state is not None:
+        atomic_write_json(directory / data_state_name(dist.get_rank()), data_state)
+    dist.barrier()
     if dist.get_rank() == 0:
         atomic_write_text(directory / "config.yaml", to_yaml(config))
         atomic_write_json(

@@ -44,7 +44,8 @@ def train(config: RunConfig) -> TrainResult:
 
     model = apply_expert_parallel(build_model(config.model, seed=config.train.seed), ep)
     engine = build_engine(model, config, data_parallel_size=world)
-    batches = iter(build_loader(config.data, rank, world))
+    loader = build_loader(config.data, rank, world)
+    batches = iter(loader)
     masks = MaskGenerator(
         config.model.img_size, config.model.mask_patch_size, config.model.patch_size, config.model.mask_ratio
     )
@@ -75,8 +76,9 @@ def train(config: RunConfig) -> TrainResult:
         )
         logger.log(step, metrics)
         if config.train.save_every and step % config.train.save_every == 0 and step != config.train.steps:
-            save_checkpoint(engine, config, output_dir / "checkpoints", step)
-    result.checkpoint = save_checkpoint(engine, config, output_dir / "checkpoints", config.train.steps)
+            save_checkpoint(engine, config, output_dir / "checkpoints", step, loader.state_dict())
+    checkpoints = output_dir / "checkpoints"
+    result.checkpoint = save_checkpoint(engine, config, checkpoints, config.train.steps, loader.state_dict())
     logger.close()
     result.seconds = time.perf_counter() - started
     return result

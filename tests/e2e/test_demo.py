@@ -36,6 +36,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, result.stdout
 
 
+def meta_dir(out: Path) -> Path:
+    return out / "train" / "checkpoints" / f"global_step{STEPS}"
+
+
 def test_two_process_ep2_training_lowers_the_loss(demo: tuple[Path, str]) -> None:
     out, stdout = demo
     losses = [json.loads(line)["loss/total"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -43,6 +47,9 @@ def test_two_process_ep2_training_lowers_the_loss(demo: tuple[Path, str]) -> Non
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
     meta = json.loads((out / "train" / "checkpoints" / f"global_step{STEPS}" / "ringmoe_meta.json").read_text())
     assert meta["world_size"] == 2 and meta["expert_parallel_size"] == 2
+    # Each rank's loader position is in the checkpoint: STEPS batches handed out, rank-specific.
+    states = [json.loads(p.read_text()) for p in sorted(meta_dir(out).glob("data_state_rank*.json"))]
+    assert [(s["batches"], s["rank"], s["world_size"]) for s in states] == [(STEPS, 0, 2), (STEPS, 1, 2)]
     assert "== summary" in stdout and "loss: first" in stdout
 
 
