@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_bounds
 
 from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, InputSpec, PairSpec, SequenceSpec
 from data_pipeline.verify import verify
-from tests.data_pipeline.helpers import DEMO
+from tests.data_pipeline.helpers import DEMO, write_eolearn_dates
 
 S2_INPUT = InputSpec("sentinel2_l2a", str(DEMO / "sentinel2_l2a_bigearthnet" / "*"), band_files="{scene}_{band}.tif")
 S1_INPUT = InputSpec("sentinel1_grd", str(DEMO / "sentinel1_grd_bigearthnet" / "*"), band_files="{scene}_{band}.tif")
@@ -104,32 +103,8 @@ def test_unmatched_scenes_are_counted(tmp_path):
     assert manifest["streams"]["s2_s1"]["groups"] == 1 and len(manifest["streams"]["s2_s1"]["unmatched"]) == 5
 
 
-def _write_eolearn_dates(real_pack: Path, folder: Path, shift_last: bool = False) -> list[str]:
-    """The 5 real L1C reference scenes of the eo-learn patch as one GeoTIFF per date (B02, B03, B04, B08 as
-    uint16 DN = reflectance * 10000, the product's native encoding). Returns the ISO dates written."""
-    base = real_pack / "sentinel2_l1c_timeseries_eolearn"
-    scenes = np.load(base / "REFERENCE_SCENES.npy", allow_pickle=False)  # (5, 101, 100, 13)
-    stamps = json.loads((base / "TestEOPatch" / "timestamps.json").read_text())
-    bbox = json.loads((base / "TestEOPatch" / "bbox.geojson").read_text())
-    xs, ys = zip(*[pt for ring in bbox["coordinates"] for pt in ring]) if "coordinates" in bbox else (None, None)
-    left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
-    crs = bbox.get("crs", {}).get("properties", {}).get("name", "EPSG:32633")
-    folder.mkdir(parents=True)
-    dates = []
-    for k, i in enumerate([2, 1, 4, 3, 0]):  # REFERENCE_SCENES[k] is timestamps[i] (pack README)
-        dn = np.round(scenes[k][..., [1, 2, 3, 7]] * 10000).astype(np.uint16).transpose(2, 0, 1)
-        when = stamps[i].replace("-", "").replace(":", "")[:15]
-        offset = 10.0 if shift_last and k == 4 else 0.0  # one date on a grid shifted by one pixel
-        transform = from_bounds(left + offset, bottom, right + offset, top, dn.shape[2], dn.shape[1])
-        profile = dict(driver="GTiff", height=dn.shape[1], width=dn.shape[2], count=4, dtype="uint16", crs=crs)
-        with rasterio.open(folder / f"eopatch_{when}.tif", "w", transform=transform, nodata=0, **profile) as ds:
-            ds.write(dn)
-        dates.append(stamps[i][:19])
-    return sorted(dates)
-
-
 def test_eolearn_time_series_becomes_sequences(real_pack, tmp_path):
-    dates = _write_eolearn_dates(real_pack, tmp_path / "dates", shift_last=True)
+    dates = write_eolearn_dates(real_pack, tmp_path / "dates", shift_last=True)
     spec = InputSpec(
         "sentinel2_l1c", str(tmp_path / "dates" / "*.tif"), band_indexes={"B02": 1, "B03": 2, "B04": 3, "B08": 4}
     )
@@ -155,7 +130,7 @@ def test_eolearn_time_series_becomes_sequences(real_pack, tmp_path):
 
 
 def test_sequences_shorter_than_min_steps_are_counted(real_pack, tmp_path):
-    _write_eolearn_dates(real_pack, tmp_path / "dates")
+    write_eolearn_dates(real_pack, tmp_path / "dates")
     spec = InputSpec(
         "sentinel2_l1c", str(tmp_path / "dates" / "*.tif"), band_indexes={"B02": 1, "B03": 2, "B04": 3, "B08": 4}
     )

@@ -23,6 +23,7 @@ from data_pipeline.config import BuildConfig, InputSpec
 from data_pipeline.verify import verify
 from ringmoe.config.schema import DataConfig
 from tests.data.helpers import flat_keys, source_keys, take
+from tests.data_pipeline.helpers import write_eolearn_dates
 
 LANDSAT8_ID = "LC08_L1TP_224077_20200518_20200518_01_RT"
 
@@ -52,7 +53,7 @@ def _build_verify_stream(tmp_path: Path, modality: str, inputs: list[InputSpec],
 def test_multispectral_real_samples(real_pack, tmp_path):
     """BigEarthNet Sentinel-2 L2A patches (one file per band), WorldView-2 MS, and the 5 real Sentinel-2 L1C
     reference scenes of the eo-learn time series as one GeoTIFF per date."""
-    _write_eolearn_l1c(real_pack, tmp_path / "l1c")
+    write_eolearn_dates(real_pack, tmp_path / "l1c")
     inputs = [
         InputSpec("sentinel2_l2a", str(real_pack / "sentinel2_l2a_bigearthnet" / "*"), band_files="{scene}_{band}.tif"),
         InputSpec("worldview2", str(real_pack / "spacenet6_worldview2" / "ms1.tif")),
@@ -110,27 +111,9 @@ def test_gaofen2_pms_from_its_band_layout(tmp_path):
     assert manifest["skipped"]["low_valid_fraction"] == 2 * 3
 
 
-def _write_eolearn_l1c(real_pack: Path, folder: Path) -> None:
-    """The 5 real L1C scenes (TOA reflectance 0-1, bands B01..B12) as 4-band uint16 GeoTIFFs in the product's
-    native encoding (DN = reflectance * 10000), bands B02, B03, B04, B08; georeferenced from bbox.geojson."""
-    base = real_pack / "sentinel2_l1c_timeseries_eolearn"
-    scenes = np.load(base / "REFERENCE_SCENES.npy", allow_pickle=False)
-    stamps = json.loads((base / "TestEOPatch" / "timestamps.json").read_text())
-    ring = json.loads((base / "TestEOPatch" / "bbox.geojson").read_text())["coordinates"][0]
-    xs, ys = zip(*ring)
-    folder.mkdir()
-    for k, i in enumerate([2, 1, 4, 3, 0]):  # REFERENCE_SCENES[k] was taken at timestamps[i] (pack README)
-        dn = np.round(scenes[k][..., [1, 2, 3, 7]] * 10000).astype(np.uint16).transpose(2, 0, 1)
-        transform = from_bounds(min(xs), min(ys), max(xs), max(ys), dn.shape[2], dn.shape[1])
-        name = "S2_L1C_" + stamps[i].replace("-", "").replace(":", "")[:15]
-        profile = dict(driver="GTiff", height=dn.shape[1], width=dn.shape[2], count=4, dtype="uint16", nodata=0)
-        with rasterio.open(folder / f"{name}.tif", "w", crs="EPSG:32633", transform=transform, **profile) as ds:
-            ds.write(dn)
-
-
 def test_l1c_values_survive_the_round_trip(real_pack, tmp_path):
     """The loader's first L1C image equals the real reflectance of that tile (DN * 1e-4 == the npy value)."""
-    _write_eolearn_l1c(real_pack, tmp_path / "l1c")
+    write_eolearn_dates(real_pack, tmp_path / "l1c")
     out, tile = tmp_path / "shards", 48
     build(
         BuildConfig(
