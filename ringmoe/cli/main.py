@@ -1,4 +1,4 @@
-"""``ringmoe``: train | consolidate | export | demo.
+"""``ringmoe``: train | consolidate | export | model-info | demo.
 
 Run ``train`` under a launcher for several processes (``torchrun --nproc_per_node 2 -m ringmoe.cli.main train
 ...``, ``deepspeed``, or ``srun``); a plain call runs one process.
@@ -48,6 +48,12 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported HuggingFace model to {out}")
 
 
+def _model_info(args: argparse.Namespace) -> None:
+    from ringmoe.cli.model_info import model_info
+
+    print(model_info(args.config, args.overrides))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ringmoe.cli.demo import run_demo
 
@@ -75,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="output directory (loadable by AutoModel, trust_remote_code=True)")
     export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     export.set_defaults(func=_export)
+
+    info = commands.add_parser("model-info", help="parameter counts (meta device) and FLOPs per sample")
+    info.add_argument("config", help="model YAML (configs/model/*.yaml) or run YAML")
+    info.add_argument("overrides", nargs="*", help="dotted overrides, e.g. depths=[2,2,6,2]")
+    info.set_defaults(func=_model_info)
 
     demo = commands.add_parser("demo", help="tiny real-data run: shards -> EP=2 training -> consolidate -> export")
     demo.add_argument("--output", default="runs/demo")

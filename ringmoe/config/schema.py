@@ -162,3 +162,18 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     config = load_structured(RunConfig, path, overrides)
     config.validate()
     return config
+
+
+def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
+    """A model YAML (``configs/model/*.yaml``), or the ``model`` section of a run YAML, strictly validated."""
+    import yaml  # omegaconf's own dependency
+
+    try:
+        top = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if isinstance(top, dict) and "model" in top:
+        return load_config(path, [f"model.{o}" if not o.startswith("model.") else o for o in overrides]).model
+    config = load_structured(ModelConfig, path, overrides)
+    config.validate()
+    return config

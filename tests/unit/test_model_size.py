@@ -1,0 +1,67 @@
+"""Model sizes counted on the meta device: the paper's 14.7B / ~2.4B-active model, and configs that agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ringmoe.cli.main import main
+from ringmoe.config.schema import load_config, load_model_config
+from ringmoe.models.build import build_model
+from ringmoe.models.size import forward_flops_per_sample, parameter_report
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    config = load_model_config(CONFIGS / "model" / "ringmoe_14b7.yaml")
+    with torch.device("meta"):
+        model = build_model(config)
+    return config, model
+
+
+def test_the_14b7_model_has_the_papers_size(paper_model):
+    config, model = paper_model
+    assert all(p.is_meta for p in model.parameters())  # nothing was allocated
+    report = parameter_report(model, list(config.in_chans))
+    assert abs(report.encoder - 14.7e9) / 14.7e9 < 0.01
+    for modality, active in report.active_per_token.items():
+        assert abs(active - 2.4e9) / 2.4e9 < 0.03, modality
+    assert sum(report.by_component.values()) == report.total == sum(p.numel() for p in model.parameters())
+
+
+def test_expert_counts_match_the_structure(paper_model):
+    """21 experts per block (16 modal + 4 collaborative + 1 shared), each 2 linears of d x 4d, in every block."""
+    config, model = paper_model
+    report = parameter_report(model, list(config.in_chans))
+    dims = [config.embed_dim * 2**i for i in range(4)]
+    expert = [2 * 4 * d * d + 4 * d + d for d in dims]  # fc1 + fc2 weights and biases
+    blocks = config.depths
+    assert report.by_component["modal_experts"] == sum(16 * e * n for e, n in zip(expert, blocks))
+    assert report.by_component["collab_experts"] == sum(4 * e * n for e, n in zip(expert, blocks))
+    assert report.by_component["shared_expert"] == sum(e * n for e, n in zip(expert, blocks))
+
+
+def test_flops_are_dominated_by_the_three_active_experts(paper_model):
+    config, _ = paper_model
+    flops = forward_flops_per_sample(config)
+    # One expert costs 2 linears x 2 FLOPs x d x 4d per token and three run per token. Tokens fall 4x and d
+    # doubles per stage, so every block costs what a stage-1 block does (2304 tokens at d = 448); 24 blocks.
+    per_block = 3 * 2 * 2 * 4 * 2304 * 448**2
+    assert flops["experts"] == 24 * per_block
+    assert flops["experts"] / flops["total"] > 0.8 and 5e11 < flops["total"] < 8e11
+
+
+def test_tiny_model_yaml_is_the_tiny_run_models():
+    assert load_model_config(CONFIGS / "model" / "ringmoe_tiny.yaml") == load_config(CONFIGS / "tiny.yaml").model
+
+
+def test_cli_prints_counts_and_names_bad_keys(capsys):
+    assert main(["model-info", str(CONFIGS / "model" / "ringmoe_14b7.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ringmoe_14b7: 14.746B encoder parameters") and "2.430B active per token" in out
+    assert main(["model-info", str(CONFIGS / "model" / "ringmoe_base.yaml"), "depth=[1]"]) == 2
+    assert "'depth'" in capsys.readouterr().err
