@@ -145,14 +145,30 @@ class HierarchicalMoE(nn.Module):
             aux_loss = aux_loss + loss
             stats.append(stat)
         if len(self.modal):
-            pieces = []
-            start = 0
+            spans, start = {}, 0
             for modality, count in modality_sizes.items():
-                stop = start + count * per_sample
-                routed, loss, stat = self.modal[modality](tokens[start:stop])
-                pieces.append(routed)
-                aux_loss = aux_loss + loss
-                stats.append(stat)
-                start = stop
-            output = output + torch.cat(pieces, dim=0)
+                spans[modality] = (start, start + count * per_sample)
+                start += count * per_sample
+            unknown = sorted(set(spans) - set(self.modal))
+            if unknown:
+                raise ValueError(f"modalities {unknown} have no modal experts; known: {list(self.modal)}")
+            pieces = {}
+            # Every router runs on every rank in the same order, even for a modality this rank's batch lacks:
+            # under expert parallelism each router is an all-to-all that all ranks must join, or they hang.
+            for modality, router in self.modal.items():
+                begin, end = spans.get(modality, (0, 0))
+                if end > begin:
+                    routed, loss, stat = router(tokens[begin:end])
+                    pieces[modality] = routed
+                    aux_loss = aux_loss + loss
+                    stats.append(stat)
+                else:
+                    # One zero token keeps the collective in step. It is derived from the real tokens and its
+                    # output joins the others as an empty slice, so the backward graph (and the order of its
+                    # all-to-alls) is the same on every rank.
+                    routed, loss, _ = router(tokens[:1] * 0)
+                    pieces[modality] = routed[:0]
+                    aux_loss = aux_loss + 0.0 * loss
+            order = [m for m in modality_sizes if m in spans] + [m for m in self.modal if m not in spans]
+            output = output + torch.cat([pieces[m] for m in order], dim=0)
         return output.reshape(shape), aux_loss, stats

@@ -8,6 +8,7 @@ gradient reduction and the per-expert checkpoint files.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from deepspeed.moe.layer import MoE
 from deepspeed.utils import groups
@@ -41,6 +42,7 @@ class DeepSpeedRoutedExperts(nn.Module):
             use_rts=False,
         )
         ep_rank = groups._get_expert_parallel_rank(self.moe.expert_group_name)
+        self.group = groups._get_expert_parallel_group(self.moe.expert_group_name)
         local = self.moe.num_local_experts
         with torch.no_grad():
             self.moe.deepspeed_moe.gate.wg.weight.copy_(routed.gate.weight)
@@ -48,9 +50,23 @@ class DeepSpeedRoutedExperts(nn.Module):
                 expert.load_state_dict(routed.experts[ep_rank * local + index].state_dict())
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
-        output, aux_loss, _ = self.moe(tokens)
+        count = tokens.shape[0]
+        # DeepSpeed's all-to-all exchanges capacity-sized buffers and the capacity follows the token count, so
+        # every rank of the expert group must route the same number of tokens (and at least min_capacity).
+        # A rank with fewer (a modality missing from its batch, a smaller last batch) pads with tokens that
+        # ``used_token`` keeps out of every expert; their outputs are cut off again.
+        common = torch.tensor([max(count, self.min_capacity)], dtype=torch.long)
+        dist.all_reduce(common, op=dist.ReduceOp.MAX, group=self.group)
+        padding = int(common) - count
+        if padding:
+            used = torch.cat([tokens.new_ones(count), tokens.new_zeros(padding)])
+            padded = torch.cat([tokens, tokens.new_zeros(padding, tokens.shape[1])])
+            output, aux_loss, _ = self.moe(padded, used_token=used)
+            output = output[:count]
+        else:
+            output, aux_loss, _ = self.moe(tokens)
         logits = F.linear(tokens.detach().float(), self.moe.deepspeed_moe.gate.wg.weight.detach().float())
-        capacity = expert_capacity(tokens.shape[0], self.num_experts, self.capacity_factor, self.min_capacity)
+        capacity = expert_capacity(int(common), self.num_experts, self.capacity_factor, self.min_capacity)
         return output, aux_loss, routing_stats(self.name, logits, capacity)
 
 
