@@ -37,6 +37,8 @@ class ModelConfig:
     capacity_factor: float = 1.2
     min_capacity: int = 4
     aux_loss_coef: float = 0.001
+    # Recompute each block's activations in backward instead of storing them (memory for ~1/3 more compute).
+    activation_checkpointing: bool = False
     # SimMIM masking.
     mask_patch_size: int = 16
     mask_ratio: float = 0.6

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ringmoe.core.batch import ModelOutput, MultiModalBatch, RouterStats
 from ringmoe.models.moe import HierarchicalMoE
@@ -51,10 +52,12 @@ class RingMoEEncoder(nn.Module):
         shared_expert: bool,
         capacity_factor: float,
         min_capacity: int,
+        activation_checkpointing: bool = False,
         **_: object,
     ) -> None:
         super().__init__()
         self.modalities = list(in_chans)
+        self.activation_checkpointing = activation_checkpointing
         self.patch_size = patch_size
         self.patch_embed = nn.ModuleDict({m: PatchEmbed(c, embed_dim, patch_size) for m, c in in_chans.items()})
         # Not zero: an all-zero token gives q = k = 0 in the first block and cosine attention's normalisation
@@ -116,7 +119,12 @@ class RingMoEEncoder(nn.Module):
             if stage.downsample is not None:
                 x = stage.downsample(x)
             for block in stage.blocks:
-                x, block_aux, block_stats = block(x, sizes)
+                if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                    # Non-reentrant: recomputation replays the block, all-to-alls included, in the same order
+                    # on every rank, and parameters get their gradients as usual.
+                    x, block_aux, block_stats = checkpoint(block, x, sizes, use_reentrant=False)
+                else:
+                    x, block_aux, block_stats = block(x, sizes)
                 aux_loss = aux_loss + block_aux
                 stats.extend(block_stats)
         features = self.norm(x).permute(0, 3, 1, 2).contiguous()

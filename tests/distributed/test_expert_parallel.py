@@ -39,12 +39,12 @@ def loss_of(model, batch, config: ModelConfig, seed: int):
     return loss
 
 
-def _ep_parity_worker(rank: int, world: int, out_dir: str) -> None:
+def _ep_parity_worker(rank: int, world: int, out_dir: str, checkpointed: bool = False) -> None:
     from ringmoe.parallel.distributed import init_distributed
     from ringmoe.parallel.expert_parallel import apply_expert_parallel
 
     init_distributed()
-    config = ModelConfig()
+    config = ModelConfig(activation_checkpointing=checkpointed)
     reference = build_model(config, seed=0)
     parallel = apply_expert_parallel(copy.deepcopy(reference), ep_size=world)
     results = {"ref_loss": [], "ep_loss": []}
@@ -65,8 +65,9 @@ def _ep_parity_worker(rank: int, world: int, out_dir: str) -> None:
     torch.save({"results": results, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
 
 
-def test_ep2_matches_single_device_loss_and_gradients(tmp_path: Path) -> None:
-    run_distributed(_ep_parity_worker, 2, str(tmp_path))
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["stored", "activation-checkpointed"])
+def test_ep2_matches_single_device_loss_and_gradients(tmp_path: Path, checkpointed: bool) -> None:
+    run_distributed(_ep_parity_worker, 2, str(tmp_path), checkpointed)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for data in ranks:
         torch.testing.assert_close(data["results"]["ep_loss"], data["results"]["ref_loss"], rtol=1e-5, atol=1e-6)

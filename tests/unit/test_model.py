@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -5,7 +7,8 @@ from ringmoe.config.schema import ModelConfig
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.models.build import build_model
 from ringmoe.models.moe import RoutedExperts, top1_routing
-from ringmoe.objectives.simmim import MaskGenerator, masked_l1
+from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss, masked_l1
+from tests.distributed.test_expert_parallel import random_batch
 
 
 def batch_for(config: ModelConfig, per_modality: int = 2, seed: int = 0) -> MultiModalBatch:
@@ -99,3 +102,27 @@ def test_every_expert_gets_gradient_over_a_few_steps() -> None:
         n for n, p in model.named_parameters() if ".experts." in n and (p.grad is None or p.grad.abs().sum() == 0)
     ]
     assert not missing, missing[:5]
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    """Recomputing blocks in backward must not change anything numerically, routers and experts included."""
+    config = ModelConfig()
+    results = []
+    for checkpointed in (False, True):
+        model = build_model(dataclasses.replace(config, activation_checkpointing=checkpointed), seed=0)
+        assert model.encoder.activation_checkpointing is checkpointed
+        batch = random_batch(config, seed=3)
+        masks_gen = MaskGenerator(config.img_size, config.mask_patch_size, config.patch_size, config.mask_ratio)
+        masks = masks_gen.for_batch(batch, torch.Generator().manual_seed(0))
+        reconstructions, output = model(batch, masks)
+        loss, _ = SimMIMLoss(masks_gen, config.aux_loss_coef)(batch, reconstructions, output, masks)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (plain_loss, plain), (ckpt_loss, ckpt) = results
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=0, atol=0)
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        if plain[name] is None:
+            assert ckpt[name] is None, name
+        else:
+            torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
