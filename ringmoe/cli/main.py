@@ -49,9 +49,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _model_info(args: argparse.Namespace) -> None:
-    from ringmoe.cli.model_info import model_info
+    from ringmoe.cli.model_info import DEFAULT_LAYOUTS, model_info
 
-    print(model_info(args.config, args.overrides))
+    print(model_info(args.config, args.overrides, DEFAULT_LAYOUTS if args.memory else ()))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("model-info", help="parameter counts (meta device) and FLOPs per sample")
     info.add_argument("config", help="model YAML (configs/model/*.yaml) or run YAML")
     info.add_argument("overrides", nargs="*", help="dotted overrides, e.g. depths=[2,2,6,2]")
+    info.add_argument("--memory", action="store_true", help="also memory per rank on 8, 64 and 256 x 80 GB")
     info.set_defaults(func=_model_info)
 
     demo = commands.add_parser("demo", help="tiny real-data run: shards -> EP=2 training -> consolidate -> export")

@@ -12,10 +12,18 @@ import torch
 
 from ringmoe.config.schema import load_model_config
 from ringmoe.models.build import build_model
+from ringmoe.models.memory import GIB, Layout, memory_per_rank
 from ringmoe.models.size import COMPONENTS, forward_flops_per_sample, parameter_report
 
+# The layouts `ringmoe model-info --memory` shows: 80 GB GPUs, experts spread as widely as the DP size allows.
+DEFAULT_LAYOUTS = (
+    Layout(gpus=8, expert_parallel=8, zero_stage=2),
+    Layout(gpus=64, expert_parallel=16, zero_stage=1),
+    Layout(gpus=256, expert_parallel=16, zero_stage=1),
+)
 
-def model_info(path: str | Path, overrides: Sequence[str] = ()) -> str:
+
+def model_info(path: str | Path, overrides: Sequence[str] = (), layouts: Sequence[Layout] = ()) -> str:
     config = load_model_config(path, overrides)
     with torch.device("meta"):
         model = build_model(config)
@@ -39,7 +47,26 @@ def model_info(path: str | Path, overrides: Sequence[str] = ()) -> str:
         f"  forward FLOPs per sample: {flops['total'] / 1e9:.1f} GFLOPs (training step ~3x: "
         f"{3 * flops['total'] / 1e9:.1f}); " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items() if k != "total")
     )
+    if layouts:
+        lines += memory_table(report, config, layouts)
     return "\n".join(lines)
+
+
+def memory_table(report, config, layouts: Sequence[Layout]) -> list[str]:
+    lines = [
+        "  memory per rank (GiB; bf16 weights and grads, fp32 Adam states, activations estimated)",
+        f"  {'gpus':>6}{'tp':>4}{'ep':>4}{'dp':>5}{'zero':>5}{'mb':>4}{'ckpt':>5}"
+        f"{'params':>9}{'grads':>8}{'optim':>8}{'activ':>8}{'total':>8}",
+    ]
+    for layout in layouts:
+        mem = {k: v / GIB for k, v in memory_per_rank(report, config, layout).items()}
+        checkpointing = "yes" if layout.activation_checkpointing else "no"
+        lines.append(
+            f"  {layout.gpus:>6}{layout.tensor_parallel:>4}{layout.expert_parallel:>4}{layout.data_parallel:>5}"
+            f"{layout.zero_stage:>5}{layout.micro_batch:>4}{checkpointing:>5}{mem['params']:>9.1f}"
+            f"{mem['grads']:>8.1f}{mem['optimizer']:>8.1f}{mem['activations']:>8.1f}{mem['total']:>8.1f}"
+        )
+    return lines
 
 
 def _count(n: int) -> str:

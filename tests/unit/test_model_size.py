@@ -65,3 +65,31 @@ def test_cli_prints_counts_and_names_bad_keys(capsys):
     assert out.startswith("ringmoe_14b7: 14.746B encoder parameters") and "2.430B active per token" in out
     assert main(["model-info", str(CONFIGS / "model" / "ringmoe_base.yaml"), "depth=[1]"]) == 2
     assert "'depth'" in capsys.readouterr().err
+
+
+def test_memory_per_rank_follows_zero_and_expert_parallel_accounting(paper_model):
+    from ringmoe.models.memory import Layout, memory_per_rank
+
+    config, model = paper_model
+    report = parameter_report(model, list(config.in_chans))
+    experts = report.by_component["modal_experts"] + report.by_component["collab_experts"]
+    dense = report.total - experts
+    layout = Layout(gpus=8, expert_parallel=8, zero_stage=2)
+    mem = memory_per_rank(report, config, layout)
+    # 8 ranks, EP=8: each expert lives once (no replica to shard over), dense weights have 8 replicas.
+    assert mem["params"] == pytest.approx(2 * (experts / 8 + dense))
+    assert mem["grads"] == pytest.approx(2 * (experts / 8 + dense / 8))
+    assert mem["optimizer"] == pytest.approx(12 * (experts / 8 + dense / 8))
+    by_stage = [memory_per_rank(report, config, Layout(gpus=64, expert_parallel=16, zero_stage=z)) for z in range(4)]
+    assert [m["total"] for m in by_stage] == sorted((m["total"] for m in by_stage), reverse=True)
+    stored = memory_per_rank(report, config, Layout(gpus=8, expert_parallel=8, activation_checkpointing=False))
+    assert stored["activations"] > 3 * mem["activations"]
+    with pytest.raises(ValueError, match="ep the data-parallel size"):
+        memory_per_rank(report, config, Layout(gpus=8, expert_parallel=3))
+
+
+def test_cli_prints_the_memory_of_the_three_layouts(capsys):
+    assert main(["model-info", str(CONFIGS / "model" / "ringmoe_14b7.yaml"), "--memory"]) == 0
+    table = capsys.readouterr().out.split("memory per rank")[1].splitlines()[2:]
+    assert [int(row.split()[0]) for row in table] == [8, 64, 256]
+    assert all(float(row.split()[-1]) < 80 for row in table)  # fits 80 GB GPUs

@@ -1,0 +1,81 @@
+"""Memory per rank for a parallel layout: parameters, gradients, optimizer states and an activation estimate.
+
+Model states follow DeepSpeed mixed precision with Adam (ZeRO paper accounting): 2 bytes of bf16 parameters,
+2 bytes of bf16 gradients and 12 bytes of fp32 optimizer state (master weights, momentum, variance) per
+parameter. Expert parameters are split over the expert-parallel group and non-expert ones replicated (both
+split over tensor parallel); ZeRO stage 1 shards optimizer states over the data-parallel replicas of each
+parameter, stage 2 also gradients, stage 3 also parameters. Activations are an estimate in bf16 per token and
+block (attention: qkv, scores, output; each active expert: input, hidden before and after GELU), with only
+block inputs kept when activation checkpointing is on, plus one block being recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ringmoe.models.size import ParameterReport
+
+GIB = 2**30
+EXPERT_COMPONENTS = ("modal_experts", "collab_experts")
+
+
+@dataclass
+class Layout:
+    gpus: int
+    tensor_parallel: int = 1
+    expert_parallel: int = 1
+    zero_stage: int = 1
+    micro_batch: int = 8  # samples per GPU per step
+    activation_checkpointing: bool = True
+
+    @property
+    def data_parallel(self) -> int:
+        return self.gpus // self.tensor_parallel
+
+    def check(self) -> None:
+        if self.gpus % self.tensor_parallel or self.data_parallel % self.expert_parallel:
+            raise ValueError(f"{self}: tp must divide the GPUs and ep the data-parallel size")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage {self.zero_stage} not in 0..3")
+
+
+def memory_per_rank(report: ParameterReport, config, layout: Layout) -> dict[str, float]:
+    """Bytes per rank by kind (``params``, ``grads``, ``optimizer``, ``activations``, ``total``)."""
+    layout.check()
+    tp, ep, dp = layout.tensor_parallel, layout.expert_parallel, layout.data_parallel
+    experts = sum(report.by_component[c] for c in EXPERT_COMPONENTS)
+    dense = report.total - experts
+    # Replicas of each parameter over which ZeRO may shard its states.
+    expert_replicas, dense_replicas = dp // ep, dp
+    expert_local, dense_local = experts / (ep * tp), dense / tp
+
+    def sharded(count: float, replicas: int, stage_needed: int, bytes_per: int) -> float:
+        return count * bytes_per / (replicas if layout.zero_stage >= stage_needed else 1)
+
+    params = sharded(expert_local, expert_replicas, 3, 2) + sharded(dense_local, dense_replicas, 3, 2)
+    grads = sharded(expert_local, expert_replicas, 2, 2) + sharded(dense_local, dense_replicas, 2, 2)
+    optimizer = sharded(expert_local, expert_replicas, 1, 12) + sharded(dense_local, dense_replicas, 1, 12)
+    activations = _activation_bytes(config, layout)
+    total = params + grads + optimizer + activations
+    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations, "total": total}
+
+
+def _activation_bytes(config, layout: Layout) -> float:
+    side = config.img_size // config.patch_size
+    dim = config.embed_dim
+    active_experts = 2 + int(config.shared_expert)
+    stored, largest_block = 0.0, 0.0
+    for stage, depth in enumerate(config.depths):
+        if stage > 0:
+            side //= 2
+            dim *= 2
+        tokens = layout.micro_batch * side**2
+        window = min(config.window_size, side)
+        heads = config.num_heads[stage] / layout.tensor_parallel
+        hidden = config.mlp_ratio * dim / layout.tensor_parallel
+        attention = 2 * tokens * (6 * dim + 2 * heads * window**2)  # qkv, out, proj in, norms; scores + softmax
+        ffn = 2 * tokens * active_experts * (dim + 2 * hidden)  # expert input; hidden before and after GELU
+        block = attention + ffn
+        largest_block = max(largest_block, block)
+        stored += depth * (2 * tokens * dim if layout.activation_checkpointing else block)
+    return stored + (largest_block if layout.activation_checkpointing else 0.0)
