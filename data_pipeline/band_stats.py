@@ -4,6 +4,10 @@ Statistics are over the valid pixels of every scene of every source the build co
 source's normalization (the values the model would see without standardization). Accumulators hold count,
 mean and the sum of squared deviations in float64 and merge exactly (Chan et al.), so scenes are processed in
 any order, in parallel processes, with one pass over the data and constant memory.
+
+A build with ``band_stats`` standardizes each real-valued (reflectance, dB) source listed in the file per channel,
+``(x - mean) / std``; complex SAR is left as is, because shifting and scaling I and Q separately would distort
+the phase the model is meant to see.
 """
 
 from __future__ import annotations
@@ -116,8 +120,9 @@ def compute_stats(
                 "count": [int(c) for c in stats.count],
                 "mean": stats.mean.tolist(),
                 "std": stats.std.tolist(),
-                "min": stats.low.tolist(),
-                "max": stats.high.tolist(),
+                # null, not +-inf, for a channel without valid pixels: strict JSON readers reject Infinity.
+                "min": [float(v) if n else None for v, n in zip(stats.low, stats.count)],
+                "max": [float(v) if n else None for v, n in zip(stats.high, stats.count)],
             }
             for name, stats in totals.items()
         },
@@ -144,7 +149,8 @@ def scene_stats(scene: Scene, sensor: SensorSpec, block: int) -> ChannelStats:
 
 
 def load_band_stats(path: Path, sensors: dict[str, SensorSpec]) -> tuple[dict[str, list[list[float]]], str]:
-    """``{source: [mean, std]}`` for the sources of this build found in a stats file, and the file's sha256."""
+    """``{source: [mean, std]}`` for the real-valued sources of this build found in a stats file, and the file's
+    sha256."""
     try:
         data = path.read_bytes()
         stats = json.loads(data)
@@ -154,10 +160,19 @@ def load_band_stats(path: Path, sensors: dict[str, SensorSpec]) -> tuple[dict[st
         raise DataError(f"{path}: not a `ringmoe-data stats` file (format_version {STATS_FORMAT_VERSION})")
     result = {}
     for name, entry in stats.get("sources", {}).items():
-        if name not in sensors:
+        if name not in sensors or sensors[name].normalization.kind == "complex":
             continue
         want = channel_names(sensors[name])
         if entry.get("channels") != want:
             raise DataError(f"{path}: source {name!r} has channels {entry.get('channels')}, the build makes {want}")
-        result[name] = [[float(v) for v in entry["mean"]], [float(v) for v in entry["std"]]]
+        empty = [c for c, n in zip(want, entry.get("count", [1] * len(want))) if not n]
+        if empty:
+            raise DataError(f"{path}: source {name!r} has no valid pixels in channel(s) {empty}; cannot standardize")
+        try:
+            mean, std = ([float(v) for v in entry[key]] for key in ("mean", "std"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: source {name!r}: mean/std are not lists of numbers ({exc})") from None
+        if len(mean) != len(want) or len(std) != len(want):
+            raise DataError(f"{path}: source {name!r}: mean/std need {len(want)} values each")
+        result[name] = [mean, std]
     return result, hashlib.sha256(data).hexdigest()

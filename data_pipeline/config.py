@@ -22,8 +22,10 @@ from ringmoe.core.structured import load_structured, to_dict
 TIME_PATTERN = r"(\d{8}T\d{6})"
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 
-# Placeholders a ``band_files`` pattern may use; anything else is a config error, not a missing file.
+# Placeholders a ``band_files`` / ``invalid_mask`` pattern may use; anything else is a config error, not a
+# missing file.
 BAND_FILE_FIELDS = ("scene", "band", "band_lower")
+MASK_FILE_FIELDS = ("scene",)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class InputSpec:
     # ("" = the store is the array) and its axis order; a "time" axis makes a multi-date cube.
     array: str = ""
     dims: list[str] = field(default_factory=lambda: ["band", "y", "x"])
+    # A time cube listed under `inputs` or `pairs`: the step (0-based) each cube contributes as one image.
+    time_index: Optional[int] = None
     # Pixels where this single-band raster (pattern with {scene}, or an array of the zarr store) is nonzero
     # are invalid: clouds, shadows, no data. They join the valid mask.
     invalid_mask: Optional[str] = None
@@ -159,8 +163,14 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
         if seq.min_steps < 1:
             raise bad(f"sequences[{i}].min_steps", f"must be >= 1, got {seq.min_steps}")
     for i, spec in enumerate(list(config.inputs) + [s for p in config.pairs for s in p.inputs]):
-        if "time" in spec.dims:
-            raise bad(f"inputs[{i}].dims", "a time axis makes a multi-date cube: list it under `sequences`")
+        if "time" in spec.dims and spec.time_index is None:
+            raise bad(
+                f"inputs[{i}].dims",
+                "a time axis makes a multi-date cube: list it under `sequences`, or pick one step with time_index",
+            )
+    for i, seq in enumerate(config.sequences):
+        if seq.input.time_index is not None:
+            raise bad(f"sequences[{i}].input.time_index", "a sequence keeps every step of a cube; remove it")
     all_inputs = list(config.inputs) + [s for p in config.pairs for s in p.inputs] + [q.input for q in config.sequences]
     for i, spec in enumerate(all_inputs):
         if spec.band_files is not None and spec.band_indexes is not None:
@@ -169,6 +179,10 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
             _check_pattern(spec.band_files, f"inputs[{i}].band_files", where)
         if spec.downsample < 1:
             raise bad(f"inputs[{i}].downsample", f"must be >= 1, got {spec.downsample}")
+        if spec.time_index is not None and ("time" not in spec.dims or spec.time_index < 0):
+            raise bad(f"inputs[{i}].time_index", f"{spec.time_index}: needs a time axis in dims and must be >= 0")
+        if spec.invalid_mask is not None:
+            _check_pattern(spec.invalid_mask, f"inputs[{i}].invalid_mask", where, MASK_FILE_FIELDS, needs_band=False)
         dims = list(spec.dims)
         if sorted(d for d in dims if d != "time") != ["band", "x", "y"] or len(set(dims)) != len(dims):
             raise bad(f"inputs[{i}].dims", f"{dims}: needs band, y and x once each, and optionally time")
@@ -186,15 +200,17 @@ def _check_regex(pattern: str, key: str, where: str) -> None:
         raise ConfigError(f"{where}: key {key!r}: {pattern!r} needs a capture group (the part that is kept)")
 
 
-def _check_pattern(pattern: str, key: str, where: str) -> None:
+def _check_pattern(
+    pattern: str, key: str, where: str, allowed: Sequence[str] = BAND_FILE_FIELDS, needs_band: bool = True
+) -> None:
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
     except ValueError as exc:
         raise ConfigError(f"{where}: key {key!r}: bad pattern {pattern!r} ({exc})") from None
-    unknown = [n for n in names if n not in BAND_FILE_FIELDS]
+    unknown = [n for n in names if n not in allowed]
     if unknown:
-        raise ConfigError(f"{where}: key {key!r}: unknown placeholder(s) {unknown}; allowed: {list(BAND_FILE_FIELDS)}")
-    if "band" not in names and "band_lower" not in names:
+        raise ConfigError(f"{where}: key {key!r}: unknown placeholder(s) {unknown}; allowed: {list(allowed)}")
+    if needs_band and "band" not in names and "band_lower" not in names:
         raise ConfigError(f"{where}: key {key!r}: pattern {pattern!r} must contain {{band}} or {{band_lower}}")
 
 

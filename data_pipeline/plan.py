@@ -269,7 +269,7 @@ def _fingerprint(job: PartJob, stream: StreamPlan, config: BuildConfig, config_d
     files = []
     for group in job.groups:
         for scene in _scenes_of(group):
-            for file in dict.fromkeys(scene.files):
+            for file in _input_files(scene):
                 stat = file.stat()
                 files.append([os.path.relpath(file, config_dir), stat.st_size, stat.st_mtime_ns])
     return canonical_hash(
@@ -285,6 +285,17 @@ def _fingerprint(job: PartJob, stream: StreamPlan, config: BuildConfig, config_d
             "files": files,
         }
     )
+
+
+def _input_files(scene: Scene) -> list[Path]:
+    """Every file a scene's pixels come from: band files, the invalid mask and, for a zarr store, every file in
+    it (rewriting a chunk changes neither the store directory's size nor its mtime)."""
+    if scene.store == "zarr":
+        return sorted(path for path in scene.path.rglob("*") if path.is_file())
+    files = list(dict.fromkeys(scene.files))
+    if scene.invalid_mask is not None:
+        files.append(scene.invalid_mask)
+    return files
 
 
 # Settings that cannot change a part's bytes; everything else in the build config enters every fingerprint.

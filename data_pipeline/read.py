@@ -42,6 +42,7 @@ class Scene:
     array: str = ""
     dims: tuple[str, ...] = ("band", "y", "x")
     array_mask: str = ""
+    time_index: Optional[int] = None  # zarr time cube read as the single image of this step
 
 
 def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
@@ -66,8 +67,12 @@ def resolve_scene(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     scene = _resolve_bands(path, spec, sensor)
     scene.downsample = spec.downsample
     scene.dims = tuple(spec.dims)
+    scene.time_index = spec.time_index
     if spec.downsample > 1 and sensor.normalization.kind == "complex":
         raise ConfigError(f"input {spec.source!r}: downsample averages pixels, which destroys complex SAR phase")
+    if spec.downsample > 1 and scene.store == "zarr":
+        # Reduced-resolution reads go through GDAL (overviews, nodata-aware averaging); zarr has neither.
+        raise ConfigError(f"input {spec.source!r}: downsample needs a GDAL raster; {path} is a zarr store")
     if "time" in spec.dims and scene.store != "zarr":
         raise ConfigError(f"input {spec.source!r}: a time axis needs a zarr store; {path} is not one")
     if spec.invalid_mask is not None:
@@ -201,17 +206,23 @@ class SceneReader:
         if self._mask is None:
             return None
         try:
-            return self._read(self._mask, 1, window, Resampling.nearest) != 0
+            factor = self.scene.downsample
+            if factor == 1:
+                return self._mask.read(1, window=window) != 0
+            # A coarse pixel is invalid when any pixel under it is: resampling could drop a small cloud.
+            full = self._mask.read(1, window=_full_res(window, factor)) != 0
+            return full.reshape(int(window.height), factor, int(window.width), factor).any(axis=(1, 3))
         except RasterioError as exc:
             raise DataError(f"{self.scene.invalid_mask}: read of window {window} failed ({exc})") from None
 
-    def _read(self, ds, index: int, window: Window, resampling=Resampling.average) -> np.ndarray:
+    def _read(self, ds, index: int, window: Window) -> np.ndarray:
         factor = self.scene.downsample
         if factor == 1:
             return ds.read(index, window=window)
-        full = Window(window.col_off * factor, window.row_off * factor, window.width * factor, window.height * factor)
-        # Reading a large window into a small out_shape lets GDAL pick the closest overview level.
-        return ds.read(index, window=full, out_shape=(int(window.height), int(window.width)), resampling=resampling)
+        # Reading a large window into a small out_shape lets GDAL pick the closest overview level; average
+        # resampling skips pixels equal to the file's nodata.
+        shape = (int(window.height), int(window.width))
+        return ds.read(index, window=_full_res(window, factor), out_shape=shape, resampling=Resampling.average)
 
     def _open_mask(self, path: Path) -> None:
         try:
@@ -239,6 +250,11 @@ class SceneReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _full_res(window: Window, factor: int) -> Window:
+    """The full-resolution window under ``window`` of a grid downsampled by ``factor``."""
+    return Window(window.col_off * factor, window.row_off * factor, window.width * factor, window.height * factor)
 
 
 def open_scene(scene: Scene, sensor: SensorSpec):

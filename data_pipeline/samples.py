@@ -181,6 +181,8 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
                 "size": [tiles.size, tiles.size],
                 "valid_fraction": fraction,
             }
+            if getattr(reader, "time", None) is not None:  # one date picked from a time cube (time_index)
+                meta["time"] = reader.time
             members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
             yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name], nonfinite)
 

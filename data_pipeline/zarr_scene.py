@@ -8,16 +8,21 @@ order). Georeferencing and band names come from attributes of the array (or, fai
   the input's ``band_indexes``, 1-based), so a cube may hold more bands than a modality uses;
 - ``timestamps`` (ISO 8601, one per ``time`` step) for time cubes; ``nodata`` optionally.
 
-An invalid mask is another array of the store (``invalid_mask``) with the same axes minus ``band``.
+An invalid mask is another array of the store (``invalid_mask``) with the same axes minus ``band``. A time cube
+is read whole (``read_sequence``) unless the input picks one step (``time_index``); then it reads like an image.
+Works for zarr v3 and v2 stores alike (``zarr.open`` tells them apart).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import zarr
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -38,20 +43,23 @@ class ZarrSceneReader:
         self._attrs = {**dict(getattr(root, "attrs", {})), **dict(self._array.attrs)}
         if self._array.ndim != len(self.dims):
             raise DataError(f"{where}: array has {self._array.ndim} axes, dims {list(self.dims)} name {len(self.dims)}")
-        self._crs = str(self._attr("crs"))
-        terms = self._attr("transform")
-        if not isinstance(terms, (list, tuple)) or len(terms) < 6:
-            raise DataError(f"{where}: attribute 'transform' must list 6 affine terms, got {terms!r}")
-        self._transform = Affine(*[float(v) for v in terms[:6]])
+        self._crs = self._parse_crs(self._attr("crs"))
+        self._transform = self._parse_transform(self._attr("transform"))
         self._indexes = self._band_positions()
         self._check_dtype()
+        # timestamps: every step of a cube read whole (None for an image or one picked step); time: the step
+        # picked by time_index (None otherwise).
         self.timestamps: Optional[list[str]] = None
+        self.time: Optional[str] = None
+        self._time_index = scene.time_index
         if "time" in self.dims:
-            steps = self._array.shape[self.dims.index("time")]
-            stamps = self._attrs.get("timestamps")
-            if not isinstance(stamps, list) or len(stamps) != steps:
-                raise DataError(f"{where}: a time cube needs attribute 'timestamps' with {steps} entries")
-            self.timestamps = [str(s) for s in stamps]
+            stamps = self._parse_timestamps(self._array.shape[self.dims.index("time")])
+            if self._time_index is None:
+                self.timestamps = stamps
+            elif not 0 <= self._time_index < len(stamps):
+                raise DataError(f"{where}: time_index {self._time_index} is outside the {len(stamps)} time steps")
+            else:
+                self.time = stamps[self._time_index]
         self._mask = None
         if scene.array_mask:
             self._mask = _pick_array(root, scene.array_mask, f"{scene.path} (mask array {scene.array_mask!r})")
@@ -64,6 +72,36 @@ class ZarrSceneReader:
         if name not in self._attrs:
             raise DataError(f"{self._where}: attribute {name!r} missing; zarr scenes need 'crs' and 'transform'")
         return self._attrs[name]
+
+    def _parse_crs(self, value: Any) -> str:
+        try:
+            return CRS.from_user_input(value).to_string()
+        except (CRSError, TypeError, ValueError) as exc:
+            raise DataError(f"{self._where}: attribute 'crs' {value!r} is not a CRS ({exc})") from None
+
+    def _parse_transform(self, terms: Any) -> Affine:
+        """6 terms ``a, b, c, d, e, f`` (or all 9 of the matrix, last row ``0, 0, 1``) in rasterio order."""
+        try:
+            values = [float(v) for v in terms]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) not in (6, 9) or (len(values) == 9 and values[6:] != [0.0, 0.0, 1.0]):
+            raise DataError(f"{self._where}: attribute 'transform' must list 6 affine terms a..f, got {terms!r}")
+        transform = Affine(*values[:6])
+        if transform.determinant == 0:
+            raise DataError(f"{self._where}: attribute 'transform' {values[:6]} is degenerate (zero pixel size)")
+        return transform
+
+    def _parse_timestamps(self, steps: int) -> list[str]:
+        stamps = self._attrs.get("timestamps")
+        if not isinstance(stamps, list) or len(stamps) != steps:
+            raise DataError(f"{self._where}: a time cube needs attribute 'timestamps' with {steps} entries")
+        for stamp in stamps:
+            try:
+                datetime.fromisoformat(str(stamp))
+            except ValueError:
+                raise DataError(f"{self._where}: timestamp {stamp!r} is not ISO 8601") from None
+        return [str(s) for s in stamps]
 
     def _band_positions(self) -> list[int]:
         """0-based positions on the band axis of the modality bands, in modality order."""
@@ -112,37 +150,39 @@ class ZarrSceneReader:
         nodata = self._attrs.get("nodata")
         return [None if nodata is None else float(nodata)] * len(self._indexes)
 
-    def _slices(self, window: Window, time: Optional[int] = None) -> tuple:
+    def _read_block(self, array, dims: tuple[str, ...], window: Window) -> tuple[np.ndarray, list[str]]:
+        """The window of ``array`` (axes ``dims``) and the axes it still has: a picked time step drops one."""
         rows = slice(int(window.row_off), int(window.row_off + window.height))
         cols = slice(int(window.col_off), int(window.col_off + window.width))
-        by_dim = {"y": rows, "x": cols, "band": slice(None), "time": slice(None) if time is None else time}
-        return tuple(by_dim[d] for d in self.dims)
-
-    def _ordered(self, block: np.ndarray, with_time: bool) -> np.ndarray:
-        """Axes of a read block reordered to ([time,] band, y, x), modality bands picked."""
-        dims = [d for d in self.dims if with_time or d != "time"]
-        order = (["time"] if with_time else []) + ["band", "y", "x"]
-        block = np.transpose(block, [dims.index(d) for d in order])
-        return np.take(block, self._indexes, axis=1 if with_time else 0)
+        time = slice(None) if self._time_index is None else self._time_index
+        by_dim = {"y": rows, "x": cols, "band": slice(None), "time": time}
+        kept = [d for d in dims if not (d == "time" and self._time_index is not None)]
+        return self._get(array, tuple(by_dim[d] for d in dims)), kept
 
     def read(self, window: Window) -> np.ndarray:
+        """Raw modality bands ``(B, h, w)`` of an image (or of the step ``time_index`` picks)."""
         if self.timestamps is not None:
-            raise DataError(f"{self._where}: a time cube has no single image; list it under `sequences`")
-        return self._ordered(self._get(self._array, self._slices(window)), with_time=False)
+            raise DataError(
+                f"{self._where}: a time cube has no single image; list it under `sequences` or set time_index"
+            )
+        block, dims = self._read_block(self._array, self.dims, window)
+        block = np.transpose(block, [dims.index(d) for d in ("band", "y", "x")])
+        return np.take(block, self._indexes, axis=0)
 
     def read_sequence(self, window: Window) -> np.ndarray:
-        """``(T, B, h, w)`` raw bands of every time step."""
-        return self._ordered(self._get(self._array, self._slices(window)), with_time=True)
+        """``(T, B, h, w)`` raw bands of every time step of a cube."""
+        if self.timestamps is None:
+            raise DataError(f"{self._where}: not a time cube read whole (no time axis, or time_index is set)")
+        block, dims = self._read_block(self._array, self.dims, window)
+        block = np.transpose(block, [dims.index(d) for d in ("time", "band", "y", "x")])
+        return np.take(block, self._indexes, axis=1)
 
     def invalid(self, window: Window) -> Optional[np.ndarray]:
-        """``(h, w)`` (or ``(T, h, w)`` for a time cube) bool, True where the mask array is nonzero."""
+        """``(h, w)`` (``(T, h, w)`` for a cube read whole) bool, True where the mask array is nonzero."""
         if self._mask is None:
             return None
-        mask_dims = [d for d in self.dims if d != "band"]
-        by_dim = dict(zip(self.dims, self._slices(window)))
-        block = self._get(self._mask, tuple(by_dim[d] for d in mask_dims)) != 0
-        order = (["time"] if "time" in mask_dims else []) + ["y", "x"]
-        return np.transpose(block, [mask_dims.index(d) for d in order])
+        block, dims = self._read_block(self._mask, tuple(d for d in self.dims if d != "band"), window)
+        return np.transpose(block != 0, [dims.index(d) for d in ("time", "y", "x") if d in dims])
 
     def _get(self, array, slices: tuple) -> np.ndarray:
         try:

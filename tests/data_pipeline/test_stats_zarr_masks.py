@@ -22,11 +22,9 @@ from data_pipeline.normalize import normalize
 from data_pipeline.verify import verify
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import load_registry
-from tests.data_pipeline.helpers import S2_SCENE, write_geotiff
+from tests.data_pipeline.helpers import EOLEARN, L1C_BANDS, S2_SCENE, write_eolearn_cube, write_geotiff
 
 S2_INPUT = InputSpec("sentinel2_l2a", str(S2_SCENE), band_files="{scene}_{band}.tif")
-EOLEARN = "sentinel2_l1c_timeseries_eolearn"
-L1C_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 
 
 def _images(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -149,34 +147,8 @@ def test_downsample_reads_overviews_and_coarsens_the_grid(tmp_path):
     np.testing.assert_allclose(image, np.clip(block_mean * scale, 0, 1), atol=scale)  # overview rounds to uint16
 
 
-def _eolearn_cube(real_pack: Path, path: Path) -> list[str]:
-    """The 5 real L1C scenes as a zarr time cube (time, y, x, band) of uint16 DN with the real cloud mask; dates
-    ascending. Returns the timestamps."""
-    base = real_pack / EOLEARN
-    scenes = np.load(base / "REFERENCE_SCENES.npy", allow_pickle=False)  # (5, 101, 100, 13)
-    clouds = np.load(base / "TestEOPatch" / "mask" / "CLM.npy", allow_pickle=False)[..., 0]  # (68, 101, 100)
-    stamps = json.loads((base / "TestEOPatch" / "timestamps.json").read_text())
-    ring = json.loads((base / "TestEOPatch" / "bbox.geojson").read_text())["coordinates"][0]
-    xs, ys = zip(*ring)
-    order = sorted(range(5), key=lambda k: [2, 1, 4, 3, 0][k])  # REFERENCE_SCENES[k] is timestamps[[2,1,4,3,0][k]]
-    dates = [[2, 1, 4, 3, 0][k] for k in order]
-    group = zarr.open_group(str(path), mode="w")
-    cube = group.create_array("bands", shape=(5, 101, 100, 13), dtype="uint16", chunks=(1, 64, 64, 13))
-    cube[:] = np.round(scenes[order] * 10000).astype(np.uint16)  # the product's native DN encoding
-    mask = group.create_array("clouds", shape=(5, 101, 100), dtype="uint8", chunks=(1, 64, 64))
-    mask[:] = clouds[dates]
-    width, height = max(xs) - min(xs), max(ys) - min(ys)
-    group.attrs.update(
-        crs="EPSG:32633",
-        transform=[width / 100, 0.0, min(xs), 0.0, -height / 101, max(ys)],
-        band_names=L1C_BANDS,
-        timestamps=[stamps[i] for i in dates],
-    )
-    return [stamps[i] for i in dates]
-
-
 def test_zarr_time_cube_with_real_clouds_becomes_sequences(real_pack, tmp_path):
-    stamps = _eolearn_cube(real_pack, tmp_path / "eopatch.zarr")
+    stamps = write_eolearn_cube(real_pack, tmp_path / "eopatch.zarr")
     spec = InputSpec(
         "sentinel2_l1c",
         str(tmp_path / "eopatch.zarr"),
@@ -204,7 +176,7 @@ def test_zarr_time_cube_with_real_clouds_becomes_sequences(real_pack, tmp_path):
 
 
 def test_zarr_single_image_and_its_errors(real_pack, tmp_path):
-    _eolearn_cube(real_pack, tmp_path / "cube.zarr")
+    write_eolearn_cube(real_pack, tmp_path / "cube.zarr")
     one = zarr.open_group(str(tmp_path / "one.zarr"), mode="w")
     image = one.create_array("image", shape=(13, 101, 100), dtype="uint16")
     image[:] = zarr.open_group(str(tmp_path / "cube.zarr"))["bands"][4].transpose(2, 0, 1)
@@ -225,3 +197,79 @@ def test_zarr_single_image_and_its_errors(real_pack, tmp_path):
     missing = InputSpec("sentinel2_l1c", str(tmp_path / "cube.zarr"), array="nope")
     with pytest.raises(DataError, match=r"no array 'nope' in the store; arrays: \['bands', 'clouds'\]"):
         build(BuildConfig(inputs=[missing], out_dir=str(tmp_path / "o4"), strict=True))
+
+
+def _s2_with_clouds(tmp_path: Path, clouds: np.ndarray, name: str = "clouds.tif", **grid) -> Path:
+    """A copy of a real S2 scene with a cloud mask beside it, on the scene's grid unless ``grid`` says otherwise."""
+    scene = tmp_path / S2_SCENE.name
+    scene.mkdir(exist_ok=True)
+    for band_file in S2_SCENE.glob("*.tif"):
+        (scene / band_file.name).write_bytes(band_file.read_bytes())
+    with rasterio.open(scene / f"{S2_SCENE.name}_B02.tif") as ds:
+        defaults = {"crs": ds.crs.to_string(), "origin": (ds.transform.c, ds.transform.f)}
+    write_geotiff(scene / name, clouds, **{**defaults, **grid})
+    return scene
+
+
+def test_invalid_mask_on_another_grid_names_the_file(tmp_path):
+    scene = _s2_with_clouds(tmp_path, np.zeros((1, 120, 120), np.uint8), origin=(0.0, 0.0))
+    spec = InputSpec("sentinel2_l2a", str(scene), band_files="{scene}_{band}.tif", invalid_mask="clouds.tif")
+    with pytest.raises(DataError, match=r"clouds\.tif: invalid mask transform differs from the scene's"):
+        build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), strict=True))
+    write_geotiff(scene / "clouds.tif", np.zeros((1, 60, 60), np.uint8))
+    with pytest.raises(DataError, match=r"clouds\.tif: invalid mask grid \(60, 60\)"):
+        build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), strict=True))
+    spec.invalid_mask = "{scene}_{band}_clouds.tif"
+    with pytest.raises(ConfigError, match=r"invalid_mask'.*unknown placeholder\(s\) \['band'\]; allowed: \['scene'\]"):
+        build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out")))
+
+
+def test_downsampled_mask_marks_every_coarse_pixel_with_a_cloud_under_it(tmp_path):
+    """Resampling a sparse mask to 1/2 resolution would lose most single-pixel clouds; none may be lost."""
+    rng = np.random.default_rng(3)
+    clouds = (rng.random((1, 120, 120)) < 0.03).astype(np.uint8)
+    scene = _s2_with_clouds(tmp_path, clouds)
+    spec = InputSpec(
+        "sentinel2_l2a", str(scene), band_files="{scene}_{band}.tif", invalid_mask="clouds.tif", downsample=2
+    )
+    build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=60, min_valid_fraction=0.0))
+    [(_, valid)] = _images(tmp_path / "out")
+    expected = ~clouds[0].reshape(60, 2, 60, 2).any(axis=(1, 3))
+    np.testing.assert_array_equal(valid.astype(bool), expected)
+    assert 0.05 < 1 - valid.mean() < 0.2  # about 1 - 0.97**4 of the coarse pixels
+
+
+def test_resume_rebuilds_after_the_invalid_mask_changes(tmp_path):
+    clouds = np.zeros((1, 120, 120), dtype=np.uint8)
+    scene = _s2_with_clouds(tmp_path, clouds)
+    spec = InputSpec("sentinel2_l2a", str(scene), band_files="{scene}_{band}.tif", invalid_mask="clouds.tif")
+    config = BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=120)
+    first = build(config)
+    clouds[0, :30] = 1
+    with rasterio.open(scene / "clouds.tif") as ds:
+        crs, origin = ds.crs.to_string(), (ds.transform.c, ds.transform.f)
+    write_geotiff(scene / "clouds.tif", clouds, crs=crs, origin=origin)
+    resumed = build(config, resume=True)
+    assert resumed["shards"][0]["sha256"] != first["shards"][0]["sha256"]
+    [(_, valid)] = _images(tmp_path / "out")
+    assert valid[:30].sum() == 0 and valid[30:].all()
+
+
+def test_stats_json_is_strict_and_complex_sources_are_not_standardized(tmp_path):
+    capella = InputSpec(
+        "capella_quadpol", str(S2_SCENE.parents[1] / "spacenet6_capella_sar"), band_files="sar_{band_lower}.tif"
+    )
+    blank = InputSpec("gaofen2_pms", str(write_geotiff(tmp_path / "gf2.tif", np.zeros((4, 100, 100), np.uint16))))
+    config = BuildConfig(inputs=[S2_INPUT, capella, blank], out_dir=str(tmp_path / "out"), tile_size=100)
+    stats = compute_stats(config, Path("."))
+    assert stats["sources"]["capella_quadpol"]["channels"][:2] == ["HH_I", "HH_Q"]
+    gf2 = stats["sources"]["gaofen2_pms"]  # all nodata: no pixel to describe
+    assert gf2["count"] == [0] * 4 and gf2["min"] == gf2["max"] == [None] * 4
+    (tmp_path / "stats.json").write_text(json.dumps(stats, allow_nan=False))  # strict JSON: no Infinity
+    config.band_stats = str(tmp_path / "stats.json")
+    with pytest.raises(DataError, match=r"stats\.json: source 'gaofen2_pms' has no valid pixels in channel\(s\)"):
+        build(config)
+    config.inputs = config.inputs[:2]
+    manifest = build(config)
+    assert list(manifest["streams"]["sentinel2_l2a"]["standardized"]) == ["sentinel2_l2a"]
+    assert manifest["streams"]["capella_quadpol"]["standardized"] == {}  # I and Q keep their phase
