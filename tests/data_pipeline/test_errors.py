@@ -72,24 +72,18 @@ def test_crs_mismatch_names_the_file(tmp_path):
     _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B08\.tif: CRS EPSG:32632 differs")
 
 
-def test_wrong_band_count_of_multiband_file(tmp_path):
-    config = BuildConfig(
-        inputs=[InputSpec("worldview2", str(DEMO / "spacenet6_worldview2" / "rgb_unmasked.tif"))],
-        out_dir=str(tmp_path / "out"),
-        strict=True,
-    )
-    with pytest.raises(DataError, match=r"rgb_unmasked\.tif: expected 4 bands .* found 3"):
-        build(config)
-
-
-def test_real_data_where_complex_is_expected(tmp_path):
-    config = BuildConfig(
-        inputs=[InputSpec("capella_quadpol", str(DEMO / "spacenet6_worldview2" / "ms1.tif"))],
-        out_dir=str(tmp_path / "out"),
-        strict=True,
-    )
-    with pytest.raises(DataError, match=r"ms1\.tif: band 1 is float64, source 'capella_quadpol' needs complex"):
-        build(config)
+@pytest.mark.parametrize(
+    ("source", "raster", "message"),
+    [
+        ("worldview2", "rgb_unmasked.tif", r"rgb_unmasked\.tif: expected 4 bands .* found 3"),
+        ("capella_quadpol", "ms1.tif", r"ms1\.tif: band 1 is float64, source 'capella_quadpol' needs complex"),
+    ],
+    ids=["wrong_band_count", "real_where_complex_expected"],
+)
+def test_a_multiband_file_that_does_not_fit_its_source(tmp_path, source, raster, message):
+    inputs = [InputSpec(source, str(DEMO / "spacenet6_worldview2" / raster))]
+    with pytest.raises(DataError, match=message):
+        build(BuildConfig(inputs=inputs, out_dir=str(tmp_path / "out"), strict=True))
 
 
 def test_glob_matching_nothing(tmp_path):
