@@ -62,8 +62,10 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_index", _relative_index(window))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        windows, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        windows, tokens, _ = x.shape
+        # Head width and output width are inferred, so a tensor-parallel swap that keeps a slice of the heads
+        # (``num_heads`` local, qkv column-split, proj row-split) runs this same code.
+        qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
@@ -75,7 +77,7 @@ class WindowAttention(nn.Module):
             attn = attn.view(windows // groups, groups, self.num_heads, tokens, tokens) + mask[None, :, None]
             attn = attn.view(windows, self.num_heads, tokens, tokens)
         out = attn.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(windows, tokens, dim))
+        return self.proj(out.transpose(1, 2).reshape(windows, tokens, -1))
 
 
 def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:

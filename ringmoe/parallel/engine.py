@@ -55,7 +55,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_engine(model: nn.Module, config: RunConfig, data_parallel_size: int):
+def build_engine(model: nn.Module, config: RunConfig, data_parallel_size: int, mpu=None):
+    """``mpu``: megatron-core's topology (``topology.MegatronMPU``) when tensor parallel, so DeepSpeed reduces
+    gradients over the data-parallel group only and counts sharded parameters once in the gradient norm."""
     train = config.train
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay
@@ -68,5 +70,6 @@ def build_engine(model: nn.Module, config: RunConfig, data_parallel_size: int):
         optimizer=optimizer,
         lr_scheduler=schedule,
         config=deepspeed_config(config, data_parallel_size),
+        mpu=mpu,
     )
     return engine

@@ -17,7 +17,8 @@ from ringmoe.models.build import build_model
 from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss
 from ringmoe.parallel.distributed import init_distributed
 from ringmoe.parallel.engine import build_engine
-from ringmoe.parallel.expert_parallel import apply_expert_parallel
+from ringmoe.parallel.parallelize import parallelize
+from ringmoe.parallel.topology import init_topology
 from ringmoe.train.metrics import MetricLogger
 
 
@@ -36,21 +37,23 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 def train(config: RunConfig) -> TrainResult:
     config.validate()
-    rank, world = init_distributed()
-    ep = config.parallel.expert_parallel_size
-    if world % ep:
-        raise ConfigError(f"parallel.expert_parallel_size={ep} does not divide the world size {world}")
+    rank, _ = init_distributed()
+    topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
 
-    model = apply_expert_parallel(build_model(config.model, seed=config.train.seed), ep)
-    engine = build_engine(model, config, data_parallel_size=world)
-    loader = build_loader(config.data, rank, world)
+    model = parallelize(
+        build_model(config.model, seed=config.train.seed), topology, config.parallel.expert_parallel_size
+    )
+    engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
+    # Data (and masks) follow the data-parallel rank: the ranks of one TP group work on the same samples.
+    data_rank, data_world = topology.data_rank, topology.data_parallel_size
+    loader = build_loader(config.data, data_rank, data_world)
     batches = iter(loader)
     masks = MaskGenerator(
         config.model.img_size, config.model.mask_patch_size, config.model.patch_size, config.model.mask_ratio
     )
     objective = SimMIMLoss(masks, config.model.aux_loss_coef)
-    mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + rank)
+    mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + data_rank)
 
     output_dir = Path(config.train.output_dir)
     logger = MetricLogger(output_dir, config.train.steps, 0, enabled=rank == 0)
@@ -66,11 +69,12 @@ def train(config: RunConfig) -> TrainResult:
         engine.step()
         mean_loss = _mean_over_ranks(loss)
         result.losses.append(mean_loss)
-        samples = sum(batch.sizes().values()) * world
+        samples = sum(batch.sizes().values()) * data_world
         metrics.update(
             {
                 "loss/total": mean_loss,
                 "lr": engine.get_lr()[0],
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "samples_per_s": samples / (time.perf_counter() - tick),
             }
         )
