@@ -37,6 +37,8 @@ class ModelConfig:
     capacity_factor: float = 1.2
     min_capacity: int = 4
     aux_loss_coef: float = 0.001
+    # ST-MoE router z-loss weight (0: off; 0.001 is the ST-MoE value). The z-loss is logged either way.
+    router_z_loss_coef: float = 0.0
     # Recompute each block's activations in backward instead of storing them (memory for ~1/3 more compute).
     activation_checkpointing: bool = False
     # SimMIM masking.

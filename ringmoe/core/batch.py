@@ -65,6 +65,7 @@ class ModelOutput:
     features: torch.Tensor
     modality_sizes: dict[str, int]
     aux_loss: torch.Tensor
+    z_loss: torch.Tensor | None = None  # summed router z-losses (unweighted)
     router_stats: list[RouterStats] = field(default_factory=list)
 
     def split(self) -> dict[str, torch.Tensor]:

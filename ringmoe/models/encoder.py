@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ringmoe.core.batch import ModelOutput, MultiModalBatch, RouterStats
-from ringmoe.models.moe import HierarchicalMoE
+from ringmoe.models.moe import ROUTER_LOSSES, HierarchicalMoE
 from ringmoe.models.swin import PatchMerging, SwinBlock
 
 
@@ -113,7 +113,7 @@ class RingMoEEncoder(nn.Module):
         """``masks``: per modality a (B_m, H/patch, W/patch) 0/1 tensor of patches to hide (SimMIM)."""
         sizes = batch.sizes()
         x = self.embed(batch, masks)
-        aux_loss = x.new_zeros((), dtype=torch.float32)
+        router_losses = x.new_zeros(len(ROUTER_LOSSES), dtype=torch.float32)
         stats: list[RouterStats] = []
         for stage in self.stages:
             if stage.downsample is not None:
@@ -125,10 +125,11 @@ class RingMoEEncoder(nn.Module):
                     x, block_aux, block_stats = checkpoint(block, x, sizes, use_reentrant=False)
                 else:
                     x, block_aux, block_stats = block(x, sizes)
-                aux_loss = aux_loss + block_aux
+                router_losses = router_losses + block_aux
                 stats.extend(block_stats)
         features = self.norm(x).permute(0, 3, 1, 2).contiguous()
-        return ModelOutput(features=features, modality_sizes=sizes, aux_loss=aux_loss, router_stats=stats)
+        balance, z_loss = router_losses.unbind(0)
+        return ModelOutput(features=features, modality_sizes=sizes, aux_loss=balance, z_loss=z_loss, router_stats=stats)
 
     def forward(self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None) -> ModelOutput:
         return self.forward_features(batch, masks)

@@ -16,6 +16,9 @@ from torch import nn
 
 from ringmoe.core.batch import RouterStats
 
+# What a router's loss vector holds, in order (summed over routers and blocks, weighted by the objective).
+ROUTER_LOSSES = ("load_balance", "z_loss")
+
 
 class FeedForward(nn.Module):
     """One expert: Linear -> GELU -> Linear on the last dimension."""
@@ -52,6 +55,12 @@ def top1_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Tensor, tor
     return chosen, weight, aux_loss, assigned
 
 
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's router z-loss: mean squared log-sum-exp of the router logits. It keeps logits small, which
+    keeps the router softmax stable in bf16/fp16."""
+    return torch.logsumexp(logits.float(), dim=1).pow(2).mean()
+
+
 def routing_stats(name: str, logits: torch.Tensor, capacity: int) -> RouterStats:
     """Per-expert routed tokens, gate mass and capacity drops of one router call (no gradient)."""
     with torch.no_grad():
@@ -83,7 +92,8 @@ class RoutedExperts(nn.Module):
         return expert_capacity(num_tokens, self.num_experts, self.capacity_factor, self.min_capacity)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
-        """``tokens``: (S, dim). Returns output (S, dim), load-balancing loss and routing statistics."""
+        """``tokens``: (S, dim). Returns output (S, dim), router losses ``[load balancing, z-loss]`` and
+        routing statistics."""
         logits = F.linear(tokens.float(), self.gate.weight.float())
         capacity = self.capacity(tokens.shape[0])
         chosen, weight, aux_loss, _ = top1_routing(logits, capacity)
@@ -92,7 +102,8 @@ class RoutedExperts(nn.Module):
             rows = torch.nonzero((chosen == index) & (weight > 0), as_tuple=True)[0]
             if rows.numel():
                 output[rows] = (weight[rows, None] * expert(tokens[rows])).to(tokens.dtype)
-        return output, aux_loss, routing_stats(self.name, logits, capacity)
+        losses = torch.stack([aux_loss, router_z_loss(logits)])
+        return output, losses, routing_stats(self.name, logits, capacity)
 
 
 class HierarchicalMoE(nn.Module):
@@ -133,16 +144,17 @@ class HierarchicalMoE(nn.Module):
     def forward(
         self, x: torch.Tensor, modality_sizes: dict[str, int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[RouterStats]]:
+        """Returns output like ``x``, summed router losses (see ``ROUTER_LOSSES``) and routing statistics."""
         shape = x.shape
         per_sample = x[0].numel() // shape[-1]
         tokens = x.reshape(-1, shape[-1])
         output = self.shared(tokens) if self.shared is not None else torch.zeros_like(tokens)
-        aux_loss = tokens.new_zeros((), dtype=torch.float32)
+        router_losses = tokens.new_zeros(len(ROUTER_LOSSES), dtype=torch.float32)
         stats: list[RouterStats] = []
         if self.collab is not None:
             routed, loss, stat = self.collab(tokens)
             output = output + routed
-            aux_loss = aux_loss + loss
+            router_losses = router_losses + loss
             stats.append(stat)
         if len(self.modal):
             spans, start = {}, 0
@@ -160,7 +172,7 @@ class HierarchicalMoE(nn.Module):
                 if end > begin:
                     routed, loss, stat = router(tokens[begin:end])
                     pieces[modality] = routed
-                    aux_loss = aux_loss + loss
+                    router_losses = router_losses + loss
                     stats.append(stat)
                 else:
                     # One zero token keeps the collective in step. It is derived from the real tokens and its
@@ -168,7 +180,7 @@ class HierarchicalMoE(nn.Module):
                     # all-to-alls) is the same on every rank.
                     routed, loss, _ = router(tokens[:1] * 0)
                     pieces[modality] = routed[:0]
-                    aux_loss = aux_loss + 0.0 * loss
+                    router_losses = router_losses + 0.0 * loss
             order = [m for m in modality_sizes if m in spans] + [m for m in self.modal if m not in spans]
             output = output + torch.cat([pieces[m] for m in order], dim=0)
-        return output.reshape(shape), aux_loss, stats
+        return output.reshape(shape), router_losses, stats

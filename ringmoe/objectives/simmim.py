@@ -52,6 +52,7 @@ class SimMIMLoss:
 
     masks: MaskGenerator
     aux_loss_coef: float
+    router_z_loss_coef: float = 0.0
 
     def __call__(
         self,
@@ -66,7 +67,11 @@ class SimMIMLoss:
         }
         reconstruction = torch.stack(list(per_modality.values())).mean()
         total = reconstruction + self.aux_loss_coef * output.aux_loss
+        if output.z_loss is not None:
+            total = total + self.router_z_loss_coef * output.z_loss
         metrics = {f"loss/{m}": float(v.detach()) for m, v in per_modality.items()}
         metrics["loss/reconstruction"] = float(reconstruction.detach())
         metrics["loss/aux"] = float(output.aux_loss.detach())
+        if output.z_loss is not None:
+            metrics["loss/router_z"] = float(output.z_loss.detach())
         return total, metrics

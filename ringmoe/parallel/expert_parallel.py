@@ -20,7 +20,7 @@ from deepspeed.utils import groups
 from torch import nn
 
 from ringmoe.core.batch import RouterStats
-from ringmoe.models.moe import FeedForward, RoutedExperts, expert_capacity, routing_stats
+from ringmoe.models.moe import FeedForward, RoutedExperts, expert_capacity, router_z_loss, routing_stats
 from ringmoe.parallel.deepspeed_compat import patch_moe_token_gather_for_gloo
 
 
@@ -74,9 +74,11 @@ class DeepSpeedRoutedExperts(nn.Module):
             output = output[:count]
         else:
             output, aux_loss, _ = self.moe(tokens)
-        logits = F.linear(tokens.detach().float(), self.moe.deepspeed_moe.gate.wg.weight.detach().float())
+        # DeepSpeed's gate keeps its logits to itself: recompute them (E columns, cheap) for the z-loss and stats.
+        logits = F.linear(tokens.float(), self.moe.deepspeed_moe.gate.wg.weight.float())
         capacity = expert_capacity(common, self.num_experts, self.capacity_factor, self.min_capacity)
-        return output, aux_loss, routing_stats(self.name, logits, capacity)
+        losses = torch.stack([aux_loss.float(), router_z_loss(logits)])
+        return output, losses, routing_stats(self.name, logits, capacity)
 
     def _divisible_capacity_count(self, count: int) -> int:
         """The smallest token count >= ``count`` whose capacity splits evenly over the TP ranks: under TP,

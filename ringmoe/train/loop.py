@@ -52,7 +52,7 @@ def train(config: RunConfig) -> TrainResult:
     masks = MaskGenerator(
         config.model.img_size, config.model.mask_patch_size, config.model.patch_size, config.model.mask_ratio
     )
-    objective = SimMIMLoss(masks, config.model.aux_loss_coef)
+    objective = SimMIMLoss(masks, config.model.aux_loss_coef, config.model.router_z_loss_coef)
     mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + data_rank)
 
     output_dir = Path(config.train.output_dir)

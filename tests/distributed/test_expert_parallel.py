@@ -35,7 +35,9 @@ def loss_of(model, batch, config: ModelConfig, seed: int):
     masks_gen = MaskGenerator(config.img_size, config.mask_patch_size, config.patch_size, config.mask_ratio)
     masks = masks_gen.for_batch(batch, torch.Generator().manual_seed(seed))
     reconstructions, output = model(batch, masks)
-    loss, _ = SimMIMLoss(masks_gen, config.aux_loss_coef)(batch, reconstructions, output, masks)
+    loss, _ = SimMIMLoss(masks_gen, config.aux_loss_coef, config.router_z_loss_coef)(
+        batch, reconstructions, output, masks
+    )
     return loss
 
 
@@ -44,7 +46,8 @@ def _ep_parity_worker(rank: int, world: int, out_dir: str, checkpointed: bool = 
     from ringmoe.parallel.expert_parallel import apply_expert_parallel
 
     init_distributed()
-    config = ModelConfig(activation_checkpointing=checkpointed)
+    # z-loss on: its gradient reaches DeepSpeed's gate through logits recomputed outside DeepSpeed.
+    config = ModelConfig(activation_checkpointing=checkpointed, router_z_loss_coef=1e-2)
     reference = build_model(config, seed=0)
     parallel = apply_expert_parallel(copy.deepcopy(reference), ep_size=world)
     results = {"ref_loss": [], "ep_loss": []}

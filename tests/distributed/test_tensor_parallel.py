@@ -29,7 +29,7 @@ def _tp_parity_worker(rank: int, world: int, out_dir: str, with_deepspeed_moe: b
     topology = init_topology(tensor_parallel=world, expert_parallel=1)
     # Capacity factor 1.25 makes every router's capacity even (160, 640, 40 slots), so DeepSpeed's split of the
     # capacity slots over 2 TP ranks needs no padding and routing is exactly the single-device one.
-    config = ModelConfig(capacity_factor=1.25)
+    config = ModelConfig(capacity_factor=1.25, router_z_loss_coef=1e-2)
     reference = build_model(config, seed=0)
     parallel = copy.deepcopy(reference)
     if with_deepspeed_moe:
