@@ -128,7 +128,7 @@ def _carry_tags(old: nn.Module, new: nn.Module) -> None:
                 setattr(param, tag, getattr(source, tag))
 
 
-def _shard(size: int, tp: int, rank: int, what: str) -> torch.Tensor:
+def shard_indices(size: int, tp: int, rank: int, what: str) -> torch.Tensor:
     if size % tp:
         raise ConfigError(f"{what} ({size}) is not divisible by parallel.tensor_parallel_size={tp}")
     per_rank = size // tp
@@ -137,7 +137,7 @@ def _shard(size: int, tp: int, rank: int, what: str) -> torch.Tensor:
 
 def parallelize_attention(attn: WindowAttention, tp: int, rank: int, name: str) -> None:
     heads = attn.num_heads
-    local_heads = _shard(heads, tp, rank, f"{name}: attention heads")
+    local_heads = shard_indices(heads, tp, rank, f"{name}: attention heads")
     head_dim = attn.qkv.out_features // (3 * heads)
     # qkv output is laid out (3, heads, head_dim): keep q, k and v of the same local heads.
     qkv_rows = torch.arange(attn.qkv.out_features).view(3, heads, head_dim)[:, local_heads].reshape(-1)
@@ -151,7 +151,7 @@ def parallelize_attention(attn: WindowAttention, tp: int, rank: int, name: str) 
 
 
 def parallelize_feed_forward(ffn: FeedForward, tp: int, rank: int, name: str) -> None:
-    hidden = _shard(ffn.fc1.out_features, tp, rank, f"{name}: expert hidden width")
+    hidden = shard_indices(ffn.fc1.out_features, tp, rank, f"{name}: expert hidden width")
     ffn.fc1 = column_parallel(ffn.fc1, hidden)
     ffn.fc2 = row_parallel(ffn.fc2, hidden)
 
