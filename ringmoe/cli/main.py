@@ -49,9 +49,10 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _model_info(args: argparse.Namespace) -> None:
-    from ringmoe.cli.model_info import DEFAULT_LAYOUTS, model_info
+    from ringmoe.cli.model_info import DEFAULT_LAYOUTS, model_info, parse_layout
 
-    print(model_info(args.config, args.overrides, DEFAULT_LAYOUTS if args.memory else ()))
+    layouts = [parse_layout(text) for text in args.layout] or (DEFAULT_LAYOUTS if args.memory else ())
+    print(model_info(args.config, args.overrides, layouts))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("config", help="model YAML (configs/model/*.yaml) or run YAML")
     info.add_argument("overrides", nargs="*", help="dotted overrides, e.g. depths=[2,2,6,2]")
     info.add_argument("--memory", action="store_true", help="also memory per rank on 8, 64 and 256 x 80 GB")
+    info.add_argument(
+        "--layout",
+        action="append",
+        default=[],
+        metavar="GPUS:TP:EP:ZERO[:MB]",
+        help="memory per rank for this layout instead (repeatable), e.g. --layout 64:2:4:1",
+    )
     info.set_defaults(func=_model_info)
 
     demo = commands.add_parser("demo", help="tiny real-data run: shards -> EP=2 training -> consolidate -> export")

@@ -11,16 +11,32 @@ from typing import Sequence
 import torch
 
 from ringmoe.config.schema import load_model_config
+from ringmoe.core.errors import ConfigError
 from ringmoe.models.build import build_model
 from ringmoe.models.memory import GIB, Layout, memory_per_rank
 from ringmoe.models.size import COMPONENTS, forward_flops_per_sample, parameter_report
 
-# The layouts `ringmoe model-info --memory` shows: 80 GB GPUs, experts spread as widely as the DP size allows.
+# The layouts `ringmoe model-info --memory` shows on 80 GB GPUs. Each router has 4 experts and DeepSpeed places
+# whole experts, so EP is at most 4; TP 2 (14 heads in stage 1) is shown on 64 GPUs.
 DEFAULT_LAYOUTS = (
-    Layout(gpus=8, expert_parallel=8, zero_stage=2),
-    Layout(gpus=64, expert_parallel=16, zero_stage=1),
-    Layout(gpus=256, expert_parallel=16, zero_stage=1),
+    Layout(gpus=8, expert_parallel=4, zero_stage=2),
+    Layout(gpus=64, tensor_parallel=2, expert_parallel=4, zero_stage=1),
+    Layout(gpus=256, expert_parallel=4, zero_stage=1),
 )
+
+
+def parse_layout(text: str) -> Layout:
+    """``GPUS:TP:EP:ZERO[:MICRO_BATCH]``, e.g. ``64:2:4:1``."""
+    try:
+        values = [int(v) for v in text.split(":")]
+        if len(values) not in (4, 5):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--layout {text!r}: expected GPUS:TP:EP:ZERO[:MICRO_BATCH], e.g. 64:2:4:1") from None
+    gpus, tp, ep, zero, *micro = values
+    return Layout(
+        gpus=gpus, tensor_parallel=tp, expert_parallel=ep, zero_stage=zero, micro_batch=micro[0] if micro else 8
+    )
 
 
 def model_info(path: str | Path, overrides: Sequence[str] = (), layouts: Sequence[Layout] = ()) -> str:

@@ -156,6 +156,12 @@ class RunConfig:
                     raise ConfigError(
                         f"model.{key}[{stage}]={count} is not divisible by parallel.expert_parallel_size={ep}"
                     )
+        tp = self.parallel.tensor_parallel_size
+        for stage, heads in enumerate(self.model.num_heads):
+            if heads % tp:
+                raise ConfigError(
+                    f"model.num_heads[{stage}]={heads} is not divisible by parallel.tensor_parallel_size={tp}"
+                )
         if self.parallel.zero_stage not in (0, 1, 2):
             raise ConfigError(f"parallel.zero_stage {self.parallel.zero_stage}: MoE supports ZeRO stage 0, 1 or 2")
         if self.train.precision not in ("fp32", "bf16", "fp16"):

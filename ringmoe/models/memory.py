@@ -2,21 +2,25 @@
 
 Model states follow DeepSpeed mixed precision with Adam (ZeRO paper accounting): 2 bytes of bf16 parameters,
 2 bytes of bf16 gradients and 12 bytes of fp32 optimizer state (master weights, momentum, variance) per
-parameter. Expert parameters are split over the expert-parallel group and non-expert ones replicated (both
-split over tensor parallel); ZeRO stage 1 shards optimizer states over the data-parallel replicas of each
-parameter, stage 2 also gradients, stage 3 also parameters. Activations are an estimate in bf16 per token and
-block (attention: qkv, scores, output; each active expert: input, hidden before and after GELU), with only
-block inputs kept when activation checkpointing is on, plus one block being recomputed.
+parameter. Routed-expert parameters are split over the expert-parallel group, the rest replicated; attention
+and every expert (the shared one too) are split over tensor parallel, norms, routers and embeddings are not.
+ZeRO stage 1 shards optimizer states over the data-parallel replicas of each parameter, stage 2 also gradients
+(DeepSpeed MoE stops at stage 2). Activations are an estimate in bf16 per token and block (attention: qkv,
+scores, output; each active expert: input, hidden before and after GELU), with only block inputs kept when
+activation checkpointing is on, plus one block being recomputed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ringmoe.core.errors import ConfigError
 from ringmoe.models.size import ParameterReport
 
 GIB = 2**30
 EXPERT_COMPONENTS = ("modal_experts", "collab_experts")
+# What ``ringmoe.parallel.tensor_parallel`` shards over TP (the rest is replicated on every TP rank).
+TENSOR_PARALLEL_COMPONENTS = ("attention", "modal_experts", "collab_experts", "shared_expert")
 
 
 @dataclass
@@ -32,22 +36,31 @@ class Layout:
     def data_parallel(self) -> int:
         return self.gpus // self.tensor_parallel
 
-    def check(self) -> None:
+    def check(self, config=None) -> None:
         if self.gpus % self.tensor_parallel or self.data_parallel % self.expert_parallel:
-            raise ValueError(f"{self}: tp must divide the GPUs and ep the data-parallel size")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage {self.zero_stage} not in 0..3")
+            raise ConfigError(f"{self}: tp must divide the GPUs and ep the data-parallel size")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"zero_stage {self.zero_stage}: DeepSpeed MoE supports ZeRO stage 0, 1 or 2")
+        if config is not None:
+            tp = self.tensor_parallel
+            if any(h % tp for h in config.num_heads):
+                raise ConfigError(f"tp {tp} does not divide the attention heads {config.num_heads}")
+            experts = [e for e in (config.modal_experts + config.collab_experts) if e]
+            if experts and any(e % self.expert_parallel for e in experts):
+                # DeepSpeed places whole experts: each rank of an expert group holds experts/ep of every router.
+                raise ConfigError(f"ep {self.expert_parallel} does not divide the experts per router {experts}")
 
 
 def memory_per_rank(report: ParameterReport, config, layout: Layout) -> dict[str, float]:
     """Bytes per rank by kind (``params``, ``grads``, ``optimizer``, ``activations``, ``total``)."""
-    layout.check()
+    layout.check(config)
     tp, ep, dp = layout.tensor_parallel, layout.expert_parallel, layout.data_parallel
-    experts = sum(report.by_component[c] for c in EXPERT_COMPONENTS)
-    dense = report.total - experts
+    experts = sum(report.by_component.get(c, 0) for c in EXPERT_COMPONENTS)
+    dense_split = sum(report.by_component.get(c, 0) for c in TENSOR_PARALLEL_COMPONENTS if c not in EXPERT_COMPONENTS)
+    dense_replicated = report.total - experts - dense_split
     # Replicas of each parameter over which ZeRO may shard its states.
     expert_replicas, dense_replicas = dp // ep, dp
-    expert_local, dense_local = experts / (ep * tp), dense / tp
+    expert_local, dense_local = experts / (ep * tp), dense_split / tp + dense_replicated
 
     def sharded(count: float, replicas: int, stage_needed: int, bytes_per: int) -> float:
         return count * bytes_per / (replicas if layout.zero_stage >= stage_needed else 1)

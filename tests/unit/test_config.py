@@ -36,6 +36,13 @@ def test_expert_count_must_divide_ep_size() -> None:
         load_config(TINY, ["model.modal_experts=[3,4]"])
 
 
+def test_heads_must_divide_tp_size() -> None:
+    with pytest.raises(
+        ConfigError, match=r"model.num_heads\[0\]=2 is not divisible by parallel.tensor_parallel_size=4"
+    ):
+        load_config(TINY, ["parallel.tensor_parallel_size=4", "parallel.expert_parallel_size=1"])
+
+
 def test_override_without_equals_is_rejected() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         load_config(TINY, ["train.steps"])

@@ -68,24 +68,53 @@ def test_cli_prints_counts_and_names_bad_keys(capsys):
 
 
 def test_memory_per_rank_follows_zero_and_expert_parallel_accounting(paper_model):
-    from ringmoe.models.memory import Layout, memory_per_rank
+    from ringmoe.models.memory import TENSOR_PARALLEL_COMPONENTS, Layout, memory_per_rank
 
     config, model = paper_model
     report = parameter_report(model, list(config.in_chans))
     experts = report.by_component["modal_experts"] + report.by_component["collab_experts"]
     dense = report.total - experts
-    layout = Layout(gpus=8, expert_parallel=8, zero_stage=2)
+    layout = Layout(gpus=4, expert_parallel=4, zero_stage=2)
     mem = memory_per_rank(report, config, layout)
-    # 8 ranks, EP=8: each expert lives once (no replica to shard over), dense weights have 8 replicas.
-    assert mem["params"] == pytest.approx(2 * (experts / 8 + dense))
-    assert mem["grads"] == pytest.approx(2 * (experts / 8 + dense / 8))
-    assert mem["optimizer"] == pytest.approx(12 * (experts / 8 + dense / 8))
-    by_stage = [memory_per_rank(report, config, Layout(gpus=64, expert_parallel=16, zero_stage=z)) for z in range(4)]
+    # 4 ranks, EP=4: each expert lives once (no replica to shard over), dense weights have 4 replicas.
+    assert mem["params"] == pytest.approx(2 * (experts / 4 + dense))
+    assert mem["grads"] == pytest.approx(2 * (experts / 4 + dense / 4))
+    assert mem["optimizer"] == pytest.approx(12 * (experts / 4 + dense / 4))
+    by_stage = [memory_per_rank(report, config, Layout(gpus=64, expert_parallel=4, zero_stage=z)) for z in range(3)]
     assert [m["total"] for m in by_stage] == sorted((m["total"] for m in by_stage), reverse=True)
-    stored = memory_per_rank(report, config, Layout(gpus=8, expert_parallel=8, activation_checkpointing=False))
+    stored = memory_per_rank(report, config, Layout(gpus=4, expert_parallel=4, activation_checkpointing=False))
     assert stored["activations"] > 3 * mem["activations"]
-    with pytest.raises(ValueError, match="ep the data-parallel size"):
-        memory_per_rank(report, config, Layout(gpus=8, expert_parallel=3))
+    # TP 2 halves attention and experts only; norms, routers, embeddings, decoders stay whole.
+    split = sum(report.by_component[c] for c in TENSOR_PARALLEL_COMPONENTS) - experts
+    tp2 = memory_per_rank(report, config, Layout(gpus=8, tensor_parallel=2, expert_parallel=4, zero_stage=2))
+    assert tp2["params"] == pytest.approx(2 * (experts / 8 + split / 2 + (dense - split)))
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (dict(gpus=8, expert_parallel=3), "ep the data-parallel size"),
+        (dict(gpus=8, expert_parallel=8), "ep 8 does not divide the experts per router"),
+        (dict(gpus=8, tensor_parallel=4), "tp 4 does not divide the attention heads"),
+        (dict(gpus=8, zero_stage=3), "MoE supports ZeRO stage 0, 1 or 2"),
+    ],
+)
+def test_impossible_memory_layouts_are_named(paper_model, layout, message):
+    from ringmoe.core.errors import ConfigError
+    from ringmoe.models.memory import Layout, memory_per_rank
+
+    config, model = paper_model
+    report = parameter_report(model, list(config.in_chans))
+    with pytest.raises(ConfigError, match=message):
+        memory_per_rank(report, config, Layout(**layout))
+
+
+def test_cli_memory_for_a_given_layout(capsys):
+    assert main(["model-info", str(CONFIGS / "model" / "ringmoe_14b7.yaml"), "--layout", "16:2:4:2:4"]) == 0
+    row = capsys.readouterr().out.split("memory per rank")[1].splitlines()[2].split()
+    assert row[:6] == ["16", "2", "4", "8", "2", "4"]
+    assert main(["model-info", str(CONFIGS / "model" / "ringmoe_14b7.yaml"), "--layout", "16:2"]) == 2
+    assert "expected GPUS:TP:EP:ZERO" in capsys.readouterr().err
 
 
 def test_cli_prints_the_memory_of_the_three_layouts(capsys):
