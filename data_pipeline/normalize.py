@@ -9,6 +9,9 @@ Kinds (``SensorSpec.normalization.kind``):
 - ``complex``: each complex band becomes an I (real) and a Q (imaginary) channel, channel order
   ``HH_I, HH_Q, HV_I, HV_Q, ...``, each ``* scale`` and clipped to ``clip``.
 
+Derived channels (``SensorSpec.derived_channels``) follow the band channels; ``db_ratio`` is the difference
+of two bands' clipped dB values (e.g. VV - VH), clipped to its own ``clip`` and mapped to [0, 1].
+
 A pixel is valid when every band is finite and differs from the source's ``nodata`` and the file's declared
 nodata; complex pixels also need a magnitude > 0; linear amplitude for ``db`` must be >= 0. Invalid pixels are
 0 in the image, so no NaN ever reaches a shard.
@@ -25,9 +28,10 @@ from ringmoe.core.sensors import SensorSpec
 
 
 def channel_names(sensor: SensorSpec) -> list[str]:
+    derived = [d.name for d in sensor.derived_channels]
     if sensor.normalization.kind == "complex":
-        return [f"{band}_{part}" for band in sensor.modality_bands for part in ("I", "Q")]
-    return list(sensor.modality_bands)
+        return [f"{band}_{part}" for band in sensor.modality_bands for part in ("I", "Q")] + derived
+    return list(sensor.modality_bands) + derived
 
 
 def valid_mask(raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]] = ()) -> np.ndarray:
@@ -93,4 +97,11 @@ def _to_unit_db(raw: np.ndarray, sensor: SensorSpec, lo: float, hi: float) -> np
         db = raw.astype(np.float64)
     else:
         db = 20.0 * np.log10(raw.astype(np.float64) * norm.scale)  # amplitude; 0 -> -inf -> clipped to lo
-    return (np.clip(db, lo, hi) - lo) / (hi - lo)
+    db = np.clip(db, lo, hi)  # clipped first, so a ratio of a zero-amplitude pixel is finite
+    channels = [(db - lo) / (hi - lo)]
+    for derived in sensor.derived_channels:
+        first, second = (sensor.modality_bands.index(b) for b in derived.bands)
+        d_lo, d_hi = (float(v) for v in derived.clip)
+        ratio = np.clip(db[first] - db[second], d_lo, d_hi)
+        channels.append(((ratio - d_lo) / (d_hi - d_lo))[None])
+    return np.concatenate(channels, axis=0)

@@ -17,11 +17,12 @@ from ringmoe.core.structured import load_structured
 MODALITY_CHANNELS: dict[str, int] = {
     "optical": 3,  # red, green, blue
     "multispectral": 4,  # blue, green, red, near-infrared
-    "sar_amplitude": 2,  # VV, VH backscatter in dB
+    "sar_amplitude": 3,  # co-pol and cross-pol backscatter in dB, and their ratio (co - cross, dB)
     "sar_complex": 8,  # I and Q of HH, HV, VH, VV
 }
 
 NORMALIZATION_KINDS = ("reflectance", "db", "complex")
+DERIVED_KINDS = ("db_ratio",)
 
 
 @dataclass
@@ -47,6 +48,20 @@ class NormalizationSpec:
 
 
 @dataclass
+class DerivedChannelSpec:
+    """A model input channel computed from two bands, appended after the band channels.
+
+    db_ratio: ``dB(bands[0]) - dB(bands[1])`` (the co/cross-polarization ratio in dB), from each band's dB value
+    clipped to ``normalization.clip``, then clipped to ``clip`` and mapped linearly to [0, 1].
+    """
+
+    name: str
+    kind: str
+    bands: list[str]
+    clip: list[float] = field(default_factory=lambda: [-10.0, 25.0])
+
+
+@dataclass
 class SensorSpec:
     name: str
     platform: str
@@ -55,15 +70,16 @@ class SensorSpec:
     bands: list[BandSpec]
     modality_bands: list[str]  # bands, in the modality group's channel order, that form the model input
     normalization: NormalizationSpec = field(default_factory=NormalizationSpec)
+    derived_channels: list[DerivedChannelSpec] = field(default_factory=list)
     nodata: Optional[float] = None
     gsd_m: Optional[float] = None
     license: str = ""
     description: str = ""
 
     def channels(self) -> int:
-        """Model input channels: complex bands become an I and a Q channel each."""
+        """Model input channels: complex bands become an I and a Q channel each; derived channels follow."""
         per_band = 2 if self.normalization.kind == "complex" else 1
-        return per_band * len(self.modality_bands)
+        return per_band * len(self.modality_bands) + len(self.derived_channels)
 
     def band(self, name: str) -> BandSpec:
         for band in self.bands:
@@ -105,6 +121,16 @@ def _validate(spec: SensorSpec, path: Path) -> None:
     missing = [b for b in spec.modality_bands if b not in names]
     if missing:
         raise ConfigError(f"{path}: modality_bands {missing} are not listed under bands")
+    for index, derived in enumerate(spec.derived_channels):
+        where = f"{path}: derived_channels[{index}] ({derived.name!r})"
+        if derived.kind not in DERIVED_KINDS:
+            raise ConfigError(f"{where}: kind {derived.kind!r} not in {DERIVED_KINDS}")
+        if spec.normalization.kind != "db":
+            raise ConfigError(f"{where}: {derived.kind} needs normalization.kind 'db', not {spec.normalization.kind!r}")
+        if len(derived.bands) != 2 or any(b not in spec.modality_bands for b in derived.bands):
+            raise ConfigError(f"{where}: bands {derived.bands} must be two of modality_bands {spec.modality_bands}")
+        if len(derived.clip) != 2 or derived.clip[1] <= derived.clip[0]:
+            raise ConfigError(f"{where}: clip {derived.clip} must be [low, high] with low < high")
 
 
 def default_sources_dir() -> Path:

@@ -97,11 +97,17 @@ class RoutedExperts(nn.Module):
         logits = F.linear(tokens.float(), self.gate.weight.float())
         capacity = self.capacity(tokens.shape[0])
         chosen, weight, aux_loss, _ = top1_routing(logits, capacity)
+        # One sort groups the tokens by expert (dropped tokens last, as expert E), one scatter puts them back.
+        target = torch.where(weight > 0, chosen, self.num_experts)
+        order = torch.argsort(target, stable=True)
+        counts = torch.bincount(target, minlength=self.num_experts + 1).tolist()
+        groups = tokens[order].split(counts)
+        routed = [expert(group) for expert, group in zip(self.experts, groups) if group.shape[0]]
+        kept = sum(counts[: self.num_experts])
         output = torch.zeros_like(tokens)
-        for index, expert in enumerate(self.experts):
-            rows = torch.nonzero((chosen == index) & (weight > 0), as_tuple=True)[0]
-            if rows.numel():
-                output[rows] = (weight[rows, None] * expert(tokens[rows])).to(tokens.dtype)
+        if kept:
+            rows = order[:kept]
+            output = output.index_copy(0, rows, (weight[rows, None] * torch.cat(routed)).to(tokens.dtype))
         losses = torch.stack([aux_loss, router_z_loss(logits)])
         return output, losses, routing_stats(self.name, logits, capacity)
 

@@ -56,8 +56,25 @@ def test_complex_sar_becomes_iq_channels(registry):
 def test_sentinel1_db_maps_clip_range_to_unit_interval(registry):
     scene = DEMO / "sentinel1_grd_bigearthnet" / "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
     raw, image, _ = _tile(registry, "sentinel1_grd", scene, band_files="{scene}_{band}.tif")
-    assert image.shape == (2, 64, 64) and 0.0 <= image.min() and image.max() <= 1.0
-    np.testing.assert_allclose(image, (np.clip(raw, -35, 10) + 35) / 45, rtol=1e-5)
+    assert image.shape == (3, 64, 64) and 0.0 <= image.min() and image.max() <= 1.0
+    assert channel_names(registry["sentinel1_grd"]) == ["VV", "VH", "VV_VH_ratio"]
+    db = np.clip(raw.astype(np.float64), -35, 10)
+    np.testing.assert_allclose(image[:2], (db + 35) / 45, rtol=1e-5)
+    # VV/VH in dB, clipped to [-10, 25] (sentinel1_grd.yaml) and mapped to [0, 1].
+    np.testing.assert_allclose(image[2], (np.clip(db[0] - db[1], -10, 25) + 10) / 35, rtol=1e-5)
+    # Co-pol backscatter exceeds cross-pol over land: the ratio channel sits above its 0 dB point.
+    assert image[2].mean() > 10 / 35
+
+
+def test_db_ratio_is_finite_for_zero_amplitude_and_masks_nan(registry):
+    sensor = registry["sentinel1_grd"]
+    linear = dataclasses.replace(sensor, normalization=dataclasses.replace(sensor.normalization, input_is_db=False))
+    vv = np.array([[1.0, 0.0, 0.1, np.nan]], dtype=np.float32)
+    vh = np.array([[0.1, 0.0, 1.0, 0.5]], dtype=np.float32)
+    image, valid = normalize(np.stack([vv, vh]), linear)
+    assert np.isfinite(image).all() and valid[0].tolist() == [1, 1, 1, 0]
+    # 0 dB - (-20 dB) = +20 dB; both at the clip floor -> 0 dB; -20 dB; NaN pixel -> invalid -> 0.
+    np.testing.assert_allclose(image[2, 0], [30 / 35, 10 / 35, 0.0, 0.0], rtol=1e-6)
 
 
 def test_linear_amplitude_converts_with_20_log10(registry):

@@ -53,7 +53,7 @@ def test_bigearthnet_s1_s2_pairs_match_by_footprint(tmp_path):
     assert meta["parts"]["sentinel2_l2a"]["time"] == "2017-12-21T11:25:01"
     assert meta["parts"]["sentinel1_grd"]["time"] == "2017-12-21T06:42:38"
     assert sample["sentinel2_l2a.image.npy"].shape == (4, 120, 120)
-    assert sample["sentinel1_grd.image.npy"].shape == (2, 120, 120)
+    assert sample["sentinel1_grd.image.npy"].shape == (3, 120, 120)
     # Both patches lie on the same 10 m grid, so the reprojected S1 equals S1 read directly.
     scene = DEMO / "sentinel1_grd_bigearthnet" / "S1A_IW_GRDH_1SDV_20171221T064238_29SND_56_35"
     with rasterio.open(scene / f"{scene.name}_VV.tif") as ds:

@@ -139,14 +139,17 @@ def test_sar_amplitude_real_samples(real_pack, tmp_path):
         inputs=[{"source": "sentinel1_grd", "scenes": str(s1_dir / "*"), "band_files": "{scene}_{band}.tif"}],
     )
     assert manifest["sources"]["sentinel1_grd"]["samples"] == 6 * 4
-    assert manifest["sources"]["sentinel1_grd"]["channel_names"] == ["VV", "VH"]
+    assert manifest["sources"]["sentinel1_grd"]["channel_names"] == ["VV", "VH", "VV_VH_ratio"]
     lo, hi = REGISTRY["sentinel1_grd"].normalization.clip
     for sample in read_samples(out):
         meta, image = sample["json"], sample["image.npy"]
         assert sample["valid.npy"].all() and image.min() >= 0.0 and image.max() <= 1.0
-        db = lo + image.astype(np.float64) * (hi - lo)  # back to sigma0 in dB
+        db = lo + image[:2].astype(np.float64) * (hi - lo)  # back to sigma0 in dB
         raw = _source_window([(s1_dir / meta["scene"] / f"{meta['scene']}_{p}.tif", 1) for p in ("VV", "VH")], meta)
         np.testing.assert_allclose(db, np.clip(raw, lo, hi), atol=1e-4)
+        (ratio_spec,) = REGISTRY["sentinel1_grd"].derived_channels
+        r_lo, r_hi = ratio_spec.clip
+        np.testing.assert_allclose(r_lo + image[2] * (r_hi - r_lo), np.clip(db[0] - db[1], r_lo, r_hi), atol=1e-4)
         # Co-polarized backscatter over land is several dB above cross-polarized, and both lie in the usual
         # Sentinel-1 IW range.
         assert db[0].mean() > db[1].mean() + 3 and -25 < db[1].mean() < db[0].mean() < -3

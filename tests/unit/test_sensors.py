@@ -36,3 +36,31 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     path.write_text("name: t\nplatform: x\nmodality: optical\ndtype: uint8\nbands: []\nmodality_bands: []\ngsd: 3\n")
     with pytest.raises(ConfigError, match=r"typo.yaml.*gsd"):
         load_sensor(path)
+
+
+@pytest.mark.parametrize(
+    "derived, problem",
+    [
+        ("{name: r, kind: db_sum, bands: [a, b]}", r"kind 'db_sum'"),
+        ("{name: r, kind: db_ratio, bands: [a, c]}", r"bands \['a', 'c'\] must be two of"),
+        ("{name: r, kind: db_ratio, bands: [a, b], clip: [5, 5]}", r"clip \[5.0, 5.0\]"),
+    ],
+)
+def test_bad_derived_channel_names_file_and_entry(tmp_path: Path, derived: str, problem: str) -> None:
+    path = tmp_path / "sar.yaml"
+    path.write_text(
+        "name: sar\nplatform: x\nmodality: sar_amplitude\ndtype: float32\nbands: [{name: a}, {name: b}]\n"
+        f"modality_bands: [a, b]\nnormalization: {{kind: db}}\nderived_channels: [{derived}]\n"
+    )
+    with pytest.raises(ConfigError, match=rf"sar.yaml: derived_channels\[0\] \('r'\).*{problem}"):
+        load_sensor(path)
+
+
+def test_derived_channel_needs_db(tmp_path: Path) -> None:
+    path = tmp_path / "opt.yaml"
+    path.write_text(
+        "name: opt\nplatform: x\nmodality: optical\ndtype: uint8\nbands: [{name: a}, {name: b}]\n"
+        "modality_bands: [a, b]\nderived_channels: [{name: r, kind: db_ratio, bands: [a, b]}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"needs normalization.kind 'db', not 'reflectance'"):
+        load_sensor(path)
