@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
@@ -12,12 +13,15 @@ from ringmoe.core.batch import MultiModalBatch
 
 
 def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median of per-call timings: on a shared machine a stray pause lands in a few calls, not in the median."""
     for _ in range(warmup):
         fn()
-    start = time.perf_counter()
+    timings = []
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
 
 
 def synthetic_batch(config: ModelConfig, per_modality: int, seed: int = 0) -> MultiModalBatch:
