@@ -28,7 +28,7 @@ def _worker(rank: int, port: int, ep: int, steps: int, per_modality: int, overri
     torch.set_num_threads(1)
     from ringmoe.config.schema import load_config
     from ringmoe.models.build import build_model
-    from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss
+    from ringmoe.objectives.build import build_objective
     from ringmoe.parallel.distributed import init_distributed
     from ringmoe.parallel.engine import build_engine
     from ringmoe.parallel.expert_parallel import apply_expert_parallel
@@ -40,10 +40,8 @@ def _worker(rank: int, port: int, ep: int, steps: int, per_modality: int, overri
     )
     model = apply_expert_parallel(build_model(config.model, seed=0), ep)
     engine = build_engine(model, config, data_parallel_size=WORLD)
-    masks = MaskGenerator(
-        config.model.img_size, config.model.mask_patch_size, config.model.patch_size, config.model.mask_ratio
-    )
-    objective = SimMIMLoss(masks, config.model.aux_loss_coef)
+    objective = build_objective(config.objective, config.model)
+    masks = objective.masks
     batch = synthetic_batch(config.model, per_modality, seed=rank)
     step_masks = masks.for_batch(batch, torch.Generator().manual_seed(rank))
 

@@ -60,7 +60,7 @@ def bench_moe_ffn(dim: int, tokens_per_modality: int, repeats: int) -> dict[str,
 
 
 BENCHMARKS = ("moe_ffn", "train_flops", "ep_vs_dp")
-TINY = "configs/model/ringmoe_tiny.yaml"
+TINY = "configs/tiny.yaml"
 WIDE = ["embed_dim=128", "num_heads=[4,8]"]  # the tiny model at width 128 (model config overrides)
 
 

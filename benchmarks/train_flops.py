@@ -9,18 +9,22 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import mm_flops_per_second, seconds_per_call, synthetic_batch
-from ringmoe.config.schema import load_model_config
+from ringmoe.config.schema import load_config
 from ringmoe.models.build import build_model
 from ringmoe.models.size import forward_flops_per_sample
-from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss
+from ringmoe.objectives.build import build_objective
 
 
-def bench_train_flops(config_path: str, overrides: list[str], per_modality: int, repeats: int) -> dict[str, float]:
-    config = load_model_config(config_path, overrides)
+def bench_train_flops(
+    config_path: str, model_overrides: list[str], per_modality: int, repeats: int
+) -> dict[str, float]:
+    """``config_path``: a run config; the step uses its objective (reconstruction plus physical targets)."""
+    run = load_config(config_path, [f"model.{override}" for override in model_overrides])
+    config = run.model
     model = build_model(config, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    masks = MaskGenerator(config.img_size, config.mask_patch_size, config.patch_size, config.mask_ratio)
-    objective = SimMIMLoss(masks, config.aux_loss_coef, config.router_z_loss_coef)
+    objective = build_objective(run.objective, config)
+    masks = objective.masks
     batch = synthetic_batch(config, per_modality)
     step_masks = masks.for_batch(batch, torch.Generator().manual_seed(0))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ringmoe.core.errors import RingMoEError
+from ringmoe.core.modalities import MODALITIES
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_CONFIG = REPO / "configs" / "data" / "demo_build.yaml"
@@ -69,6 +70,19 @@ def _check_export(out: Path) -> float:
     return float((expected - actual).abs().max())
 
 
+def _modality_losses(metrics_file: Path, window: int = 5) -> dict[str, tuple[float, float]]:
+    """Per-modality reconstruction and physical-target losses, mean of the first and last ``window`` steps."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    names = [k for k in rows[0] if k.startswith("loss/") and k.split("/")[1] in MODALITIES]
+    return {
+        name.removeprefix("loss/"): (
+            sum(r[name] for r in rows[:window]) / len(rows[:window]),
+            sum(r[name] for r in rows[-window:]) / len(rows[-window:]),
+        )
+        for name in names
+    }
+
+
 def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
     from data_pipeline.build import build_from_file
     from ringmoe.checkpoint.consolidate import consolidate
@@ -91,6 +105,7 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "loss_first": losses[0],
         "loss_last": losses[-1],
+        "modality_losses": _modality_losses(out / "train" / "metrics.jsonl"),
         "hf_max_abs_diff": max_diff,
         "paths": {
             "shards": str(out / "shards"),
@@ -105,6 +120,8 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
     for name, seconds in summary["timings_s"].items():
         print(f"  {seconds:8.2f} s  {name}")
     print(f"  loss: first {losses[0]:.4f} -> last {losses[-1]:.4f} over {len(losses)} steps")
+    for name, (first, last) in summary["modality_losses"].items():
+        print(f"    {name:<28} {first:.4f} -> {last:.4f}  (mean of first / last 5 steps)")
     print(f"  HF export vs checkpoint: max |diff| = {max_diff:.2e}")
     for name, path in summary["paths"].items():
         print(f"  {name:>12}: {path}")

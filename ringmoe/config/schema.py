@@ -44,6 +44,9 @@ class ModelConfig:
     # SimMIM masking.
     mask_patch_size: int = 16
     mask_ratio: float = 0.6
+    # Extra decoder outputs per modality for the physical targets. Derived from ``RunConfig.objective`` when a run
+    # config is validated (so it travels with the model config into checkpoints); not set by hand.
+    decoder_extra_channels: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> None:
         stages = len(self.depths)
@@ -115,6 +118,86 @@ class ParallelConfig:
     zero_stage: int = 1
 
 
+SAR_AMPLITUDE_LOSSES = ("l1_db", "gamma_nll")
+
+
+@dataclass
+class ComplexSARTargets:
+    """Physical targets from each pixel's scattering matrix, predicted by the sar_complex decoder."""
+
+    span: bool = True  # total power, sum of |S_pq|^2
+    pauli: bool = True  # |HH+VV|^2/2, |HH-VV|^2/2, 2|HV|^2 (HV symmetrized)
+    h_a_alpha: bool = False  # entropy, anisotropy, mean alpha of the boxcar-averaged coherency matrix
+    window: int = 5  # boxcar side (pixels) for the coherency matrix
+    # Power targets: dB mapped to [0, 1]. Covers the calibrated (x normalization.scale) Capella span, -9 to 26 dB.
+    db_range: list[float] = field(default_factory=lambda: [-30.0, 30.0])
+    weight: float = 1.0
+
+    def channels(self) -> int:
+        return self.span + 3 * self.pauli + 3 * self.h_a_alpha
+
+
+@dataclass
+class SARAmplitudeLoss:
+    """``l1_db``: L1 on the dB channels. ``gamma_nll``: negative log-likelihood of multi-look intensity with
+    ``looks`` equivalent looks (speckle-aware; see ``ringmoe.objectives.sar_amplitude``)."""
+
+    loss: str = "l1_db"
+    looks: float = 4.4  # the ENL of Sentinel-1 IW GRD high resolution
+
+
+@dataclass
+class SpectralTargets:
+    """Spectral indices predicted by a reflectance modality's decoder; bands found by wavelength in the registry."""
+
+    ndvi: bool = False  # (NIR - red) / (NIR + red)
+    ndwi: bool = False  # (green - NIR) / (green + NIR), McFeeters
+    weight: float = 1.0
+
+    def channels(self) -> int:
+        return self.ndvi + self.ndwi
+
+
+@dataclass
+class ObjectiveConfig:
+    """Per-modality SimMIM reconstruction plus physics-informed targets (``ringmoe.objectives``).
+
+    ``modality_weights``: weight of each modality's terms in the total (missing: 1.0, i.e. equal by default).
+    """
+
+    modality_weights: dict[str, float] = field(default_factory=dict)
+    sar_complex: ComplexSARTargets = field(default_factory=ComplexSARTargets)
+    sar_amplitude: SARAmplitudeLoss = field(default_factory=SARAmplitudeLoss)
+    multispectral: SpectralTargets = field(default_factory=lambda: SpectralTargets(ndvi=True, ndwi=True))
+    optical: SpectralTargets = field(default_factory=SpectralTargets)
+
+    def decoder_extra_channels(self, modalities: Sequence[str]) -> dict[str, int]:
+        extra = {
+            "sar_complex": self.sar_complex.channels(),
+            "multispectral": self.multispectral.channels(),
+            "optical": self.optical.channels(),
+        }
+        return {m: extra[m] for m in modalities if extra.get(m)}
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.modality_weights) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"objective.modality_weights: unknown modalities {unknown}; known: {list(MODALITIES)}")
+        for modality, weight in self.modality_weights.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"objective.modality_weights.{modality}={weight} must be a finite number >= 0")
+        if self.sar_amplitude.loss not in SAR_AMPLITUDE_LOSSES:
+            raise ConfigError(f"objective.sar_amplitude.loss {self.sar_amplitude.loss!r} not in {SAR_AMPLITUDE_LOSSES}")
+        if not self.sar_amplitude.looks >= 1:
+            raise ConfigError(f"objective.sar_amplitude.looks={self.sar_amplitude.looks} must be >= 1")
+        window = self.sar_complex.window
+        if window < 1 or window % 2 == 0:
+            raise ConfigError(f"objective.sar_complex.window={window} must be odd and >= 1 (a centred boxcar)")
+        db_range = list(self.sar_complex.db_range)
+        if len(db_range) != 2 or db_range[1] <= db_range[0]:
+            raise ConfigError(f"objective.sar_complex.db_range {db_range} must be [low, high] with low < high")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 20
@@ -145,10 +228,19 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.data.validate()
+        self.objective.validate()
+        derived = self.objective.decoder_extra_channels(list(self.model.in_chans))
+        if self.model.decoder_extra_channels and self.model.decoder_extra_channels != derived:
+            raise ConfigError(
+                f"model.decoder_extra_channels {dict(self.model.decoder_extra_channels)} disagrees with the targets "
+                f"of the objective section {derived}; leave it unset, it is derived from the objective"
+            )
+        self.model.decoder_extra_channels = derived
         ep = self.parallel.expert_parallel_size
         for key in ("modal_experts", "collab_experts"):
             for stage, count in enumerate(getattr(self.model, key)):

@@ -138,14 +138,20 @@ class RingMoEEncoder(nn.Module):
 class RingMoESimMIM(nn.Module):
     """Encoder plus one light SimMIM decoder per modality (1x1 conv + pixel shuffle to input resolution)."""
 
-    def __init__(self, **encoder_kwargs: object) -> None:
+    def __init__(self, decoder_extra_channels: dict[str, int] | None = None, **encoder_kwargs: object) -> None:
+        """``decoder_extra_channels``: per modality, outputs beyond the input channels (physical targets), which
+        follow the reconstructed channels."""
         super().__init__()
         self.encoder = RingMoEEncoder(**encoder_kwargs)  # type: ignore[arg-type]
         stride = self.encoder.out_stride
         in_chans: dict[str, int] = encoder_kwargs["in_chans"]  # type: ignore[assignment]
+        extra = decoder_extra_channels or {}
         self.decoders = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.Conv2d(self.encoder.num_features, stride * stride * c, 1), nn.PixelShuffle(stride))
+                m: nn.Sequential(
+                    nn.Conv2d(self.encoder.num_features, stride * stride * (c + extra.get(m, 0)), 1),
+                    nn.PixelShuffle(stride),
+                )
                 for m, c in in_chans.items()
             }
         )

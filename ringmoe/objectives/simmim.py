@@ -1,15 +1,18 @@
-"""SimMIM: random block masks and an L1 loss on masked pixels only, per modality.
+"""SimMIM: random block masks and, per modality, losses on the masked pixels only.
 
-Masks are drawn in the training step from a seeded generator, never stored in shards.
+Masks (and the physical targets of ``sar_complex``/``spectral``) are computed in the training step from a
+seeded generator and the batch itself, never stored in shards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from ringmoe.core.batch import ModelOutput, MultiModalBatch
+from ringmoe.objectives.masked import masked_l1
 
 
 class MaskGenerator:
@@ -40,19 +43,44 @@ class MaskGenerator:
         return mask.repeat_interleave(s, 1).repeat_interleave(s, 2).unsqueeze(1)
 
 
-def masked_l1(prediction: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over masked pixels only; ``pixel_mask`` is (B, 1, H, W) of 0/1."""
-    error = (prediction - target).abs() * pixel_mask
-    return error.sum() / (pixel_mask.sum() * prediction.shape[1]).clamp(min=1.0)
+class ModalityTerms(Protocol):
+    """One modality's loss terms: ``"reconstruction"`` plus one entry per physical target it predicts (in the
+    decoder's channels after the reconstructed ones); targets are weighted by ``target_weight``."""
+
+    extra_channels: int
+    target_weight: float
+
+    def __call__(
+        self, image: torch.Tensor, prediction: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class Reconstruction:
+    """Plain SimMIM: L1 on the input channels."""
+
+    extra_channels: int = 0
+    target_weight: float = 0.0
+
+    def __call__(self, image: torch.Tensor, prediction: torch.Tensor, pixel_mask: torch.Tensor):
+        return {"reconstruction": masked_l1(prediction[:, : image.shape[1]], image, pixel_mask)}
 
 
 @dataclass
 class SimMIMLoss:
-    """Equal-weighted mean of per-modality masked L1, plus the weighted MoE load-balancing loss."""
+    """Weighted mean over modalities of (reconstruction + target_weight x physical targets), plus the weighted
+    MoE load-balancing and router z-losses.
+
+    ``terms``: per modality (missing: plain ``Reconstruction``); ``modality_weights``: missing means 1.0, so
+    modalities count equally by default. Metrics: ``loss/<modality>`` (reconstruction),
+    ``loss/<modality>/<target>``, ``loss/reconstruction`` and ``loss/physics`` (weighted means).
+    """
 
     masks: MaskGenerator
     aux_loss_coef: float
     router_z_loss_coef: float = 0.0
+    terms: dict[str, ModalityTerms] = field(default_factory=dict)
+    modality_weights: dict[str, float] = field(default_factory=dict)
 
     def __call__(
         self,
@@ -61,16 +89,30 @@ class SimMIMLoss:
         output: ModelOutput,
         masks: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        per_modality = {
-            m: masked_l1(reconstructions[m], batch.images[m], self.masks.to_pixels(masks[m]).to(batch.images[m]))
-            for m in reconstructions
-        }
-        reconstruction = torch.stack(list(per_modality.values())).mean()
-        total = reconstruction + self.aux_loss_coef * output.aux_loss
+        metrics: dict[str, float] = {}
+        reconstruction, physics, weights = [], [], []
+        for modality, prediction in reconstructions.items():
+            image = batch.images[modality]
+            pixel_mask = self.masks.to_pixels(masks[modality]).to(image)
+            modality_terms = self.terms.get(modality, Reconstruction())
+            values = modality_terms(image, prediction, pixel_mask)
+            weight = self.modality_weights.get(modality, 1.0)
+            rec = values.pop("reconstruction")
+            metrics[f"loss/{modality}"] = float(rec.detach())
+            for name, value in values.items():
+                metrics[f"loss/{modality}/{name}"] = float(value.detach())
+            targets = torch.stack(list(values.values())).sum() if values else rec.new_zeros(())
+            reconstruction.append(weight * rec)
+            physics.append(weight * modality_terms.target_weight * targets)
+            weights.append(weight)
+        norm = max(sum(weights), 1e-12)
+        reconstruction_loss = torch.stack(reconstruction).sum() / norm
+        physics_loss = torch.stack(physics).sum() / norm
+        total = reconstruction_loss + physics_loss + self.aux_loss_coef * output.aux_loss
         if output.z_loss is not None:
             total = total + self.router_z_loss_coef * output.z_loss
-        metrics = {f"loss/{m}": float(v.detach()) for m, v in per_modality.items()}
-        metrics["loss/reconstruction"] = float(reconstruction.detach())
+        metrics["loss/reconstruction"] = float(reconstruction_loss.detach())
+        metrics["loss/physics"] = float(physics_loss.detach())
         metrics["loss/aux"] = float(output.aux_loss.detach())
         if output.z_loss is not None:
             metrics["loss/router_z"] = float(output.z_loss.detach())

@@ -14,7 +14,7 @@ from ringmoe.config.schema import RunConfig
 from ringmoe.core.errors import ConfigError
 from ringmoe.data.loader import build_loader
 from ringmoe.models.build import build_model
-from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss
+from ringmoe.objectives.build import build_objective
 from ringmoe.parallel.distributed import init_distributed
 from ringmoe.parallel.engine import build_engine
 from ringmoe.parallel.parallelize import parallelize
@@ -37,6 +37,8 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 def train(config: RunConfig) -> TrainResult:
     config.validate()
+    objective = build_objective(config.objective, config.model)  # before any process group: config errors first
+    masks = objective.masks
     rank, _ = init_distributed()
     topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
@@ -49,10 +51,6 @@ def train(config: RunConfig) -> TrainResult:
     data_rank, data_world = topology.data_rank, topology.data_parallel_size
     loader = build_loader(config.data, data_rank, data_world)
     batches = iter(loader)
-    masks = MaskGenerator(
-        config.model.img_size, config.model.mask_patch_size, config.model.patch_size, config.model.mask_ratio
-    )
-    objective = SimMIMLoss(masks, config.model.aux_loss_coef, config.model.router_z_loss_coef)
     mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + data_rank)
 
     output_dir = Path(config.train.output_dir)
