@@ -14,24 +14,31 @@ from pathlib import Path
 from ringmoe.core.errors import RingMoEError
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from ringmoe.config.schema import load_config
 
     # Validate the config before importing DeepSpeed, so a typo fails in a fraction of a second.
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
+    config = load_config(args.config, overrides)
     import torch.distributed as dist
 
     from ringmoe.parallel.distributed import shutdown
     from ringmoe.train.loop import train
+    from ringmoe.train.preemption import REQUEUE_EXIT_CODE
 
     result = train(config)
 
     if dist.get_rank() == 0:
+        first = result.start_step + 1
+        losses = f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "no step run"
         print(
-            f"trained {len(result.losses)} steps in {result.seconds:.1f}s: loss {result.losses[0]:.4f} -> "
-            f"{result.losses[-1]:.4f}; checkpoint {result.checkpoint}"
+            f"trained steps {first}..{result.start_step + len(result.losses)} in {result.seconds:.1f}s: {losses}; "
+            f"checkpoint {result.checkpoint}" + (" (preempted: requeue to continue)" if result.preempted else "")
         )
     shutdown()
+    if result.preempted:
+        return REQUEUE_EXIT_CODE
+    return 0
 
 
 def _consolidate(args: argparse.Namespace) -> None:
@@ -69,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="pretrain with DeepSpeed (expert parallel + ZeRO)")
     train.add_argument("--config", required=True, help="run YAML, e.g. configs/tiny.yaml")
+    train.add_argument(
+        "--resume", default=None, help="'auto' (newest complete checkpoint, or a fresh start) or a checkpoint dir"
+    )
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20")
     train.set_defaults(func=_train)
 
@@ -108,11 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except RingMoEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

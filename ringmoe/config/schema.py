@@ -212,7 +212,13 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     output_dir: str = "runs/demo/train"
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end (and on a preemption signal)
+    keep_last: int = 3  # complete checkpoints kept; older ones are removed after a save (0: keep all)
+    # "" starts fresh; "auto" resumes from the newest complete checkpoint under output_dir/checkpoints (fresh
+    # if there is none, so a requeued job and its first run use one command); or a checkpoint directory.
+    resume: str = ""
+    # A step whose loss is NaN/inf on any rank is skipped (no update) and counted; this many in a row abort.
+    max_nonfinite_steps: int = 5
 
 
 @dataclass

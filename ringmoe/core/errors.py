@@ -15,3 +15,7 @@ class DataError(RingMoEError):
 
 class CheckpointError(RingMoEError):
     """A checkpoint is missing files, truncated, or does not match the model it is loaded into."""
+
+
+class TrainingError(RingMoEError):
+    """Training cannot go on: e.g. the loss was NaN/inf for too many steps in a row."""
