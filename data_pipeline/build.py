@@ -28,7 +28,7 @@ from data_pipeline.normalize import channel_names
 from data_pipeline.plan import PIPELINE_VERSION, PartJob, Plan, StreamPlan, load_registry_for, make_plan
 from data_pipeline.samples import Quarantined, Sample, Skipped, produce
 from data_pipeline.shards import ShardWriter
-from ringmoe.core.errors import DataError
+from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.schema import MANIFEST_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,28 @@ log = logging.getLogger(__name__)
 JOURNAL_DIR = ".journal"
 
 
-def build(config: BuildConfig, config_dir: str | Path = ".", resume: bool = False) -> dict[str, Any]:
-    """Build shards for ``config`` (scene globs relative to ``config_dir``); returns the manifest written."""
+def build(
+    config: BuildConfig, config_dir: str | Path = ".", resume: bool = False, part_slice: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Build shards for ``config`` (scene globs relative to ``config_dir``); returns the manifest written.
+
+    ``part_slice=(i, n)``: build only parts ``i, i + n, i + 2n, ...`` of the plan (one task of a SLURM job
+    array), resuming them from their journals, and write no manifest; a final ``build(resume=True)`` then finds
+    every part finished, reuses its shards and writes the manifest. Returns ``{"parts": [...]}`` then.
+    """
     validate(config)
     config_dir = Path(config_dir)
     out_dir = Path(config.out_dir)
     plan = make_plan(config, config_dir, load_registry_for(config, config_dir), out_dir)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if part_slice is not None:
+        index, count = part_slice
+        if not 0 <= index < count:
+            raise ConfigError(f"part slice {index}:{count}: the index must be in [0, {count})")
+        mine = plan.parts[index::count]
+        results = _run(mine, config.workers, resume=True)
+        return {"parts": [{"stream": r["stream"], "part": r["part"], "shards": len(r["shards"])} for r in results]}
     manifest_path(out_dir).unlink(missing_ok=True)
     results = _run(plan.parts, config.workers, resume)
     for stream in plan.streams:
@@ -55,13 +69,17 @@ def build(config: BuildConfig, config_dir: str | Path = ".", resume: bool = Fals
 
 
 def build_from_file(
-    path: str | Path, overrides: Sequence[str] = (), resume: bool = False, strict: Optional[bool] = None
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    strict: Optional[bool] = None,
+    part_slice: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Load a build YAML (plus ``key=value`` overrides) and build it; scene globs resolve against its folder."""
     config = load_build_config(path, overrides)
     if strict is not None:
         config.strict = strict
-    return build(config, config_dir=Path(path).parent, resume=resume)
+    return build(config, config_dir=Path(path).parent, resume=resume, part_slice=part_slice)
 
 
 def _run(parts: list[PartJob], workers: int, resume: bool) -> list[dict[str, Any]]:

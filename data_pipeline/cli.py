@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     build_cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     build_cmd.add_argument("--resume", action="store_true", help="keep finished shards of unchanged parts")
     build_cmd.add_argument("--strict", action="store_true", help="fail on the first bad input instead of quarantining")
+    build_cmd.add_argument("--verify", action="store_true", help="then verify the result deeply (exit 1 on problems)")
+    build_cmd.add_argument(
+        "--part-slice",
+        metavar="I:N",
+        type=_part_slice,
+        help="build only parts I, I+N, ... and no manifest (a job-array task); then run 'build --resume' once",
+    )
     stats_cmd = commands.add_parser("stats", help="per-channel mean/std/min/max of a build config's inputs")
     stats_cmd.add_argument("--config", required=True, type=Path, help="build YAML")
     stats_cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
@@ -44,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     verify_cmd.add_argument("--strict", action="store_true", help="stop at the first problem")
     verify_cmd.add_argument("--report", type=Path, help="write the full report (every problem) as JSON here")
     return parser
+
+
+def _part_slice(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I:N, e.g. 0:4") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: need N >= 1 and 0 <= I < N")
+    return index, count
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -57,8 +74,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with logging_redirect_tqdm():
             if args.command == "build":
                 strict = True if args.strict else None
-                manifest = build_from_file(args.config, args.overrides, resume=args.resume, strict=strict)
-                print(build_summary(manifest, manifest["config"]["out_dir"], time.perf_counter() - start))
+                built = build_from_file(
+                    args.config, args.overrides, resume=args.resume, strict=strict, part_slice=args.part_slice
+                )
+                if args.part_slice is not None:
+                    parts = ", ".join(f"{p['stream']} part {p['part']} ({p['shards']} shards)" for p in built["parts"])
+                    index, count = args.part_slice
+                    print(f"slice {index}:{count}: built {parts or 'no part (more tasks than parts)'}")
+                else:
+                    print(build_summary(built, built["config"]["out_dir"], time.perf_counter() - start))
+                    if args.verify:
+                        checks = argparse.Namespace(dir=Path(built["config"]["out_dir"]), deep=True, strict=False)
+                        return _verify(argparse.Namespace(**vars(checks), report=None), time.perf_counter())
             elif args.command == "stats":
                 return _stats(args, start)
             else:

@@ -1,6 +1,7 @@
-"""slurm/train.sbatch on a real 2-node SLURM cluster: 2 tasks (one torchrun per node, EP=2 over both) train,
-`scancel --signal=USR1 --batch` makes them save and exit, the script requeues the job, and the requeued run
-resumes from that checkpoint and finishes."""
+"""The SLURM scripts on a real 2-node cluster: slurm/train.sbatch (2 tasks, one torchrun per node, EP=2 over
+both) trains, `scancel --signal=USR1 --batch` makes it save and exit, the script requeues the job, the requeued
+run resumes from that checkpoint and finishes; consolidate and export jobs chained with afterok turn the result
+into a HuggingFace directory; the ingest job array plus its manifest job build the demo shards."""
 
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ def _job_field(job: str, field: str, env: dict[str, str]) -> str:
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30, env=env)
     match = re.search(rf"\b{field}=(\S+)", shown.stdout)
     return match.group(1) if match else ""
+
+
+def _sbatch(args: list[str], env: dict[str, str], cwd: Path = REPO) -> str:
+    submit = subprocess.run(
+        ["sbatch", "--parsable", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert submit.returncode == 0, submit.stderr
+    return submit.stdout.strip().split(";")[0]
+
+
+def _wait_done(job: str, env: dict[str, str], log: Path, timeout_s: float = 300) -> None:
+    _wait_for(lambda: _job_field(job, "JobState", env) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
+              f"job {job} to end", timeout_s, job, log)  # fmt: skip
+    assert _job_field(job, "JobState", env) == "COMPLETED", log.read_text()[-4000:] if log.exists() else job
 
 
 def _wait_for(condition, what: str, timeout_s: float, job: str, log: Path) -> None:
@@ -69,3 +84,45 @@ def test_sbatch_trains_on_two_nodes_requeues_on_usr1_and_resumes(slurm_cluster, 
     assert steps == list(range(1, STEPS + 1)), steps
     assert (tmp_path / "run" / "checkpoints" / f"global_step{STEPS}" / "ringmoe_meta.json").is_file()
     assert not (tmp_path / "run" / "PREEMPTED").exists()
+
+    # Post-training jobs on the result: consolidate, then export once it succeeded.
+    consolidate_log, export_log = tmp_path / "consolidate.out", tmp_path / "export.out"
+    checkpoint = tmp_path / "run" / "checkpoints" / f"global_step{STEPS}"
+    consolidate = _sbatch(
+        [
+            f"--output={consolidate_log}",
+            str(REPO / "slurm" / "consolidate.sbatch"),
+            str(checkpoint),
+            str(tmp_path / "c"),
+        ],
+        env,
+    )
+    export = _sbatch(
+        [f"--dependency=afterok:{consolidate}", f"--output={export_log}", str(REPO / "slurm" / "export.sbatch"),
+         str(tmp_path / "c"), str(tmp_path / "hf")],
+        env,
+    )  # fmt: skip
+    _wait_done(consolidate, env, consolidate_log)
+    _wait_done(export, env, export_log)
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_ingest_job_array_then_manifest_job_equal_a_serial_build(slurm_cluster, demo_shards, tmp_path):
+    out = tmp_path / "shards"
+    config = REPO / "configs" / "data" / "demo_build.yaml"
+    submitted = subprocess.run(
+        ["bash", str(REPO / "slurm" / "submit_ingest.sh"), "3", "--config", str(config), f"out_dir={out}"],
+        cwd=tmp_path, env=slurm_cluster, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    array, manifest_job = submitted.stdout.split()
+    log = tmp_path / f"ringmoe-ingest-manifest-{manifest_job}.out"
+    _wait_done(manifest_job, slurm_cluster, log)
+    assert re.search(r"verified .*: ok", log.read_text()), log.read_text()[-3000:]
+    for task in range(3):
+        assert (tmp_path / f"ringmoe-ingest-{array}_{task}.out").read_text().startswith(f"slice {task}:3: built")
+    manifest = json.loads((out / "manifest.json").read_text())
+    serial = json.loads((demo_shards / "manifest.json").read_text())
+    assert [(s["path"], s["sha256"]) for s in manifest["shards"]] == [
+        (s["path"], s["sha256"]) for s in serial["shards"]
+    ]
