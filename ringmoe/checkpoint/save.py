@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,9 +66,11 @@ def save_checkpoint(
     data_state: dict | None = None,
     rng_state: dict[str, torch.Tensor] | None = None,
     extra_meta: dict | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Collective: every rank calls it. ``data_state``: this rank's ``ShardLoader.state_dict()``;
-    ``rng_state``: this rank's RNG tensors (``train.rng``); ``extra_meta``: run counters kept across restarts."""
+    ``rng_state``: this rank's RNG tensors (``train.rng``); ``extra_meta``: run counters kept across restarts;
+    ``write_extra(directory)``: more files for the checkpoint (router heatmaps), written before it is complete."""
     tag = tag_for(step)
     final, staging = root / tag, root / f"{tag}{TMP_SUFFIX}"
     rank = dist.get_rank()
@@ -80,6 +83,8 @@ def save_checkpoint(
         atomic_write_json(staging / data_state_name(rank), data_state)
     if rng_state is not None:
         save_file({k: v.contiguous() for k, v in rng_state.items()}, str(staging / rng_state_name(rank)))
+    if write_extra is not None:
+        write_extra(staging)
     dist.barrier()
     if rank == 0:
         atomic_write_text(staging / "config.yaml", to_yaml(config))

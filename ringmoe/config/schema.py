@@ -219,6 +219,10 @@ class TrainConfig:
     resume: str = ""
     # A step whose loss is NaN/inf on any rank is skipped (no update) and counted; this many in a row abort.
     max_nonfinite_steps: int = 5
+    # Metric callbacks (throughput/MFU, router load and heatmaps, accounting); off only to measure their cost.
+    callbacks: bool = True
+    peak_tflops_per_device: float = 0.0  # for MFU, e.g. 989 for H100 SXM bf16 dense; 0: MFU not logged
+    watts_per_device: float = 700.0  # for the energy estimate (H100 SXM board power)
 
 
 @dataclass

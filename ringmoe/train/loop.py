@@ -18,12 +18,22 @@ from ringmoe.core.errors import ConfigError, TrainingError
 from ringmoe.core.files import atomic_write_json
 from ringmoe.data.loader import build_loader
 from ringmoe.models.build import build_model
+from ringmoe.models.size import forward_flops_per_sample
 from ringmoe.objectives.build import build_objective
 from ringmoe.parallel.distributed import init_distributed
 from ringmoe.parallel.engine import build_engine
 from ringmoe.parallel.parallelize import parallelize
 from ringmoe.parallel.topology import init_topology
 from ringmoe.train import rng
+from ringmoe.train.callbacks import (
+    Accounting,
+    Callback,
+    RouterLoad,
+    StepInfo,
+    Throughput,
+    callback_states,
+    load_callback_states,
+)
 from ringmoe.train.metrics import MetricLogger
 from ringmoe.train.preemption import PREEMPTED_MARKER, PreemptionWatch
 
@@ -60,8 +70,17 @@ def train(config: RunConfig) -> TrainResult:
     loader = build_loader(config.data, data_rank, data_world)
     mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + data_rank)
     result = TrainResult()
+    world = dist.get_world_size()
+    callbacks: list[Callback] = []
+    if config.train.callbacks:
+        callbacks = [
+            Throughput(forward_flops_per_sample(config.model)["total"], world, config.train.peak_tflops_per_device),
+            RouterLoad(replicas=config.parallel.tensor_parallel_size),
+            Accounting(world, config.train.watts_per_device),
+        ]
     if resume_from is not None:
         meta = read_resume_meta(resume_from, config)
+        load_callback_states(callbacks, meta.get("callbacks", {}))
         load_engine_state(engine, resume_from)
         data_state, rng_state = load_rank_states(resume_from)
         loader.load_state_dict(data_state)
@@ -72,7 +91,16 @@ def train(config: RunConfig) -> TrainResult:
     batches = iter(loader)
 
     def save(step: int) -> Path:
-        return save_checkpoint(engine, config, checkpoints, step, loader.state_dict(), rng.capture(mask_rng))
+        def write_extra(directory: Path) -> None:
+            for callback in callbacks:
+                callback.on_save(directory)
+
+        return save_checkpoint(
+            engine, config, checkpoints, step, loader.state_dict(), rng.capture(mask_rng),
+            extra_meta={"callbacks": callback_states(callbacks)}, write_extra=write_extra,
+        )  # fmt: skip
+
+    tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
 
     logger = MetricLogger(output_dir, config.train.steps, result.start_step, enabled=rank == 0)
     watch = PreemptionWatch()
@@ -116,21 +144,28 @@ def train(config: RunConfig) -> TrainResult:
                     "loss/total": mean_loss,
                     "lr": engine.get_lr()[0],
                     "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                    "samples_per_s": samples / (time.perf_counter() - tick),
+                    "loss_scale": _loss_scale(engine),
                     "nonfinite_steps": result.nonfinite_steps,
                 }
             )
-            logger.log(step, metrics)
-            if signalled_ranks or stop_file_ranks:
+            info = StepInfo(step, time.perf_counter() - tick, samples, samples * tokens_per_sample, output)
+            for callback in callbacks:
+                callback.on_step(info, metrics)
+            preempt = bool(signalled_ranks or stop_file_ranks)
+            periodic = config.train.save_every and step % config.train.save_every == 0 and step != config.train.steps
+            if preempt or periodic:
+                save_tick = time.perf_counter()
                 result.checkpoint = save(step)
+                metrics["checkpoint/save_s"] = time.perf_counter() - save_tick
+            metrics["elapsed_s"] = time.perf_counter() - started  # wall clock, for step-time analysis
+            logger.log(step, metrics)
+            if preempt:
                 result.preempted = True
                 if rank == 0:
                     reason = PreemptionWatch.describe(signalled_ranks, stop_file_ranks)
                     atomic_write_json(output_dir / PREEMPTED_MARKER, {"step": step, "reason": reason})
                     log.warning("preempted (%s): saved %s; exiting for a requeue", reason, result.checkpoint)
                 break
-            if config.train.save_every and step % config.train.save_every == 0 and step != config.train.steps:
-                save(step)
         if not result.preempted:
             result.checkpoint = save(step) if step > result.start_step or resume_from is None else resume_from
             if rank == 0:
@@ -140,6 +175,16 @@ def train(config: RunConfig) -> TrainResult:
         logger.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _loss_scale(engine) -> float:
+    """The dynamic loss scale under fp16 (DeepSpeed keeps it on its optimizer wrapper); 1.0 otherwise."""
+    optimizer = getattr(engine, "optimizer", None)
+    for attribute in ("cur_scale", "loss_scale"):
+        value = getattr(optimizer, attribute, None)
+        if isinstance(value, (int, float, torch.Tensor)):
+            return float(value)
+    return 1.0
 
 
 def _check_tile_size(images: dict[str, torch.Tensor], img_size: int) -> None:

@@ -100,6 +100,10 @@ def test_kill_mid_save_then_resume_is_bitwise_identical(demo_shards: Path, tmp_p
     assert logged[:3] == reference[:3]
     assert logged[-3:] == reference[3:], (logged, reference)  # bitwise: float equality of every loss
     assert (checkpoints / f"global_step{STEPS}" / "ringmoe_meta.json").is_file() and not staging.exists()
+    # Device-hours carry across the restart: the resumed step 4 adds to what the checkpoint of step 3 held.
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    saved = json.loads((previous / "ringmoe_meta.json").read_text())["callbacks"]["accounting"]["device_hours"]
+    assert saved == rows[2]["accounting/device_hours"] and rows[-3]["accounting/device_hours"] > saved
 
 
 def test_signal_saves_exits_for_requeue_and_resumes(demo_shards: Path, tmp_path: Path) -> None:

@@ -53,6 +53,28 @@ def test_two_process_ep2_training_lowers_the_loss(demo: tuple[Path, str]) -> Non
     assert "== summary" in stdout and "loss: first" in stdout
 
 
+def test_training_metrics_and_router_heatmap(demo: tuple[Path, str]) -> None:
+    from PIL import Image
+
+    out, _ = demo
+    rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    for name in ("throughput/tokens_per_s", "throughput/tflops_per_device", "router/max_imbalance",
+                 "router/dropped_fraction", "accounting/device_hours", "accounting/energy_kwh", "grad_norm",
+                 "loss_scale", "lr"):  # fmt: skip
+        assert all(name in row for row in rows), name
+    # 8 samples x 256 patch tokens on each of 2 ranks per step.
+    assert rows[0]["throughput/tokens_per_s"] == pytest.approx(rows[0]["throughput/samples_per_s"] * 256)
+    hours = [row["accounting/device_hours"] for row in rows]
+    assert hours == sorted(hours) and hours[-1] > 0
+    assert rows[-1]["accounting/energy_kwh"] == pytest.approx(hours[-1] * 0.7)  # 700 W per device
+    load = json.loads((meta_dir(out) / "router_load.json").read_text())
+    assert len(load["routers"]) == 20 and all(abs(sum(row) - 1) < 1e-9 for row in load["share"])
+    # Every routed token was counted once: per step, each router of the 2 ranks routes its modality's tokens.
+    assert sum(load["tokens"][load["routers"].index("stages.0.blocks.0.ffn.collab")]) == STEPS * 2 * 8 * 256
+    with Image.open(meta_dir(out) / "router_load.png") as image:
+        assert image.format == "PNG" and image.size[1] == 20 * 12 + 1
+
+
 def test_each_modality_and_physical_target_loss_falls(demo: tuple[Path, str]) -> None:
     """The physics-informed objective on all four real modalities: every term is logged and goes down."""
     out, stdout = demo
