@@ -53,7 +53,6 @@ class TrainResult:
 def train(config: RunConfig) -> TrainResult:
     config.validate()
     objective = build_objective(config.objective, config.model)  # before any process group: config errors first
-    masks = objective.masks
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"
     resume_from = resolve_resume(config.train.resume, checkpoints)
@@ -101,80 +100,122 @@ def train(config: RunConfig) -> TrainResult:
         )  # fmt: skip
 
     tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
-
+    micro = _MicroBatches(engine, objective, batches, mask_rng, config)
     logger = MetricLogger(output_dir, config.train.steps, result.start_step, enabled=rank == 0)
-    watch = PreemptionWatch()
-    nonfinite_in_a_row = 0
     step = result.start_step
     try:
         while step < config.train.steps:
             step += 1
             tick = time.perf_counter()
-            batch = next(batches)
-            _check_tile_size(batch.images, config.model.img_size)
-            step_masks = masks.for_batch(batch, mask_rng)
-            reconstructions, output = engine(batch, step_masks)
-            loss, metrics = objective(batch, reconstructions, output, step_masks)
-            # One all-reduce agrees on the mean loss, whether any rank's loss is not finite, and whether any
-            # rank was asked to stop, so every rank takes the same branch.
-            finite = bool(torch.isfinite(loss.detach()))
-            agreed = torch.tensor([float(loss.detach()) if finite else 0.0, float(not finite), *watch.flags()])
-            dist.all_reduce(agreed)
-            loss_sum, nonfinite_ranks, signalled_ranks, stop_file_ranks = agreed.tolist()
-            if nonfinite_ranks:
-                nonfinite_in_a_row += 1
-                result.nonfinite_steps += 1
-                log.warning("step %d: loss is NaN/inf on %d rank(s); step skipped", step, int(nonfinite_ranks))
-                if nonfinite_in_a_row >= config.train.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"loss NaN/inf for {nonfinite_in_a_row} steps in a row (up to step {step}, "
-                        f"train.max_nonfinite_steps={config.train.max_nonfinite_steps}); "
-                        "lower train.lr or check the data"
-                    )
-                mean_loss = float("nan")
-            else:
-                nonfinite_in_a_row = 0
-                engine.backward(loss)
-                engine.step()
-                mean_loss = loss_sum / dist.get_world_size()
+            outcome = micro.optimizer_step(step)
+            mean_loss = outcome.loss_sum / (dist.get_world_size() * outcome.micro_batches)
             result.losses.append(mean_loss)
-            samples = sum(batch.sizes().values()) * data_world
+            result.nonfinite_steps = micro.nonfinite_total
+            metrics = outcome.metrics
             metrics.update(
                 {
                     "loss/total": mean_loss,
                     "lr": engine.get_lr()[0],
                     "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                     "loss_scale": _loss_scale(engine),
-                    "nonfinite_steps": result.nonfinite_steps,
+                    "nonfinite_steps": micro.nonfinite_total,
                 }
             )
-            info = StepInfo(step, time.perf_counter() - tick, samples, samples * tokens_per_sample, output)
+            samples = outcome.samples * data_world
+            info = StepInfo(step, time.perf_counter() - tick, samples, samples * tokens_per_sample, outcome.output)
             for callback in callbacks:
                 callback.on_step(info, metrics)
-            preempt = bool(signalled_ranks or stop_file_ranks)
             periodic = config.train.save_every and step % config.train.save_every == 0 and step != config.train.steps
-            if preempt or periodic:
+            if outcome.stop_reason or periodic:
                 save_tick = time.perf_counter()
                 result.checkpoint = save(step)
                 metrics["checkpoint/save_s"] = time.perf_counter() - save_tick
             metrics["elapsed_s"] = time.perf_counter() - started  # wall clock, for step-time analysis
             logger.log(step, metrics)
-            if preempt:
+            if outcome.stop_reason:
                 result.preempted = True
                 if rank == 0:
-                    reason = PreemptionWatch.describe(signalled_ranks, stop_file_ranks)
-                    atomic_write_json(output_dir / PREEMPTED_MARKER, {"step": step, "reason": reason})
-                    log.warning("preempted (%s): saved %s; exiting for a requeue", reason, result.checkpoint)
+                    atomic_write_json(output_dir / PREEMPTED_MARKER, {"step": step, "reason": outcome.stop_reason})
+                    log.warning(
+                        "preempted (%s): saved %s; exiting for a requeue", outcome.stop_reason, result.checkpoint
+                    )
                 break
         if not result.preempted:
             result.checkpoint = save(step) if step > result.start_step or resume_from is None else resume_from
             if rank == 0:
                 (output_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
     finally:
-        watch.close()
+        micro.close()
         logger.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+@dataclass
+class _StepOutcome:
+    loss_sum: float = 0.0  # summed over ranks and micro-batches
+    micro_batches: int = 0
+    samples: int = 0  # on this rank
+    metrics: dict[str, float] = field(default_factory=dict)  # of the last micro-batch
+    output: object = None
+    stop_reason: str = ""
+
+
+class _MicroBatches:
+    """One optimizer step = ``gradient_accumulation_steps`` good micro-batches through the DeepSpeed engine.
+
+    A micro-batch whose loss is NaN/inf on any rank is dropped on every rank (no backward, DeepSpeed's
+    accumulation counter does not move) and the next one takes its place; ``max_nonfinite_steps`` of them in a
+    row abort. One all-reduce per micro-batch agrees on the loss, on non-finite losses and on preemption
+    requests, so every rank takes the same branch."""
+
+    def __init__(self, engine, objective, batches, mask_rng: torch.Generator, config: RunConfig) -> None:
+        self.engine, self.objective, self.batches, self.mask_rng = engine, objective, batches, mask_rng
+        self.accumulation = config.train.gradient_accumulation_steps
+        self.max_nonfinite = config.train.max_nonfinite_steps
+        self.img_size = config.model.img_size
+        self.watch = PreemptionWatch()
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+
+    def optimizer_step(self, step: int) -> _StepOutcome:
+        outcome = _StepOutcome()
+        while outcome.micro_batches < self.accumulation:
+            batch = next(self.batches)
+            _check_tile_size(batch.images, self.img_size)
+            step_masks = self.objective.masks.for_batch(batch, self.mask_rng)
+            reconstructions, output = self.engine(batch, step_masks)
+            loss, metrics = self.objective(batch, reconstructions, output, step_masks)
+            finite = bool(torch.isfinite(loss.detach()))
+            agreed = torch.tensor([float(loss.detach()) if finite else 0.0, float(not finite), *self.watch.flags()])
+            dist.all_reduce(agreed)
+            loss_sum, nonfinite_ranks, signalled, stop_file = agreed.tolist()
+            if signalled or stop_file:
+                outcome.stop_reason = PreemptionWatch.describe(signalled, stop_file)
+            if nonfinite_ranks:
+                self._count_nonfinite(step, int(nonfinite_ranks))
+                continue
+            self.nonfinite_in_a_row = 0
+            self.engine.backward(loss)
+            self.engine.step()
+            outcome.loss_sum += loss_sum
+            outcome.micro_batches += 1
+            outcome.samples += sum(batch.sizes().values())
+            outcome.metrics, outcome.output = metrics, output
+        return outcome
+
+    def _count_nonfinite(self, step: int, ranks: int) -> None:
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        log.warning("step %d: loss is NaN/inf on %d rank(s); micro-batch skipped", step, ranks)
+        if self.nonfinite_in_a_row >= self.max_nonfinite:
+            raise TrainingError(
+                f"loss NaN/inf for {self.nonfinite_in_a_row} micro-batches in a row (at step {step}, "
+                f"train.max_nonfinite_steps={self.max_nonfinite}); lower train.lr or check the data"
+            )
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 def _loss_scale(engine) -> float:

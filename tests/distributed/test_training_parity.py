@@ -73,3 +73,19 @@ def test_tp2_trains_like_one_process(demo_shards: Path, tmp_path: Path) -> None:
     # DeepSpeed counts each TP shard once and replicated tensors on TP rank 0 only: same norm as one process.
     torch.testing.assert_close(tp2[0]["grad_norm"], single[0]["grad_norm"], rtol=1e-5, atol=0)
     assert single[0]["grad_norm"] > 0
+
+
+def test_gradient_accumulation_counts_optimizer_steps(demo_shards: Path, tmp_path: Path) -> None:
+    """train.steps are optimizer steps: with 2 micro-batches each, the loader hands out twice as many batches
+    and the LR schedule advances once per step, as without accumulation."""
+    plain = train_metrics(demo_shards, tmp_path / "gas1", 2)
+    accumulated = train_metrics(demo_shards, tmp_path / "gas2", 2, "train.gradient_accumulation_steps=2")
+    assert [m["step"] for m in accumulated] == list(range(1, STEPS + 1))
+    assert [m["lr"] for m in accumulated] == [m["lr"] for m in plain]
+    state = json.loads(
+        (tmp_path / "gas2" / "checkpoints" / f"global_step{STEPS}" / "data_state_rank00000.json").read_text()
+    )
+    assert state["batches"] == 2 * STEPS
+    # The first micro-batch of step 1 is the same batch as plain step 1, so the two step-1 losses differ only
+    # by the second micro-batch averaged in.
+    assert accumulated[0]["loss/total"] != plain[0]["loss/total"]
