@@ -34,8 +34,8 @@ class MultiModalBatch:
     def sizes(self) -> dict[str, int]:
         return {m: int(self.images[m].shape[0]) for m in self.modalities()}
 
-    def to(self, device: torch.device | str) -> "MultiModalBatch":
-        images = {m: t.to(device) for m, t in self.images.items()}
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MultiModalBatch":
+        images = {m: t.to(device=device, dtype=dtype) for m, t in self.images.items()}
         return MultiModalBatch(images, dict(self.keys), list(self.quarantined))
 
 

@@ -69,12 +69,15 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
-        bias_table = self.cpb_mlp(self.coords_table).view(-1, self.num_heads)
+        # Buffers stay float32 when an engine casts only the parameters to bf16/fp16: follow the weights.
+        bias_table = self.cpb_mlp(self.coords_table.to(self.qkv.weight.dtype)).view(-1, self.num_heads)
         bias = bias_table[self.relative_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
         attn = attn + 16 * torch.sigmoid(bias).unsqueeze(0)
         if mask is not None:
             groups = mask.shape[0]
-            attn = attn.view(windows // groups, groups, self.num_heads, tokens, tokens) + mask[None, :, None]
+            attn = attn.view(windows // groups, groups, self.num_heads, tokens, tokens) + mask[None, :, None].to(
+                attn.dtype
+            )
             attn = attn.view(windows, self.num_heads, tokens, tokens)
         out = attn.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(windows, tokens, -1))

@@ -174,6 +174,9 @@ class _MicroBatches:
         self.accumulation = config.train.gradient_accumulation_steps
         self.max_nonfinite = config.train.max_nonfinite_steps
         self.img_size = config.model.img_size
+        # Inputs go where the engine's weights are, in their dtype (DeepSpeed casts only plain tensor inputs).
+        self.device = engine.device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
         self.watch = PreemptionWatch()
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -183,7 +186,9 @@ class _MicroBatches:
         while outcome.micro_batches < self.accumulation:
             batch = next(self.batches)
             _check_tile_size(batch.images, self.img_size)
-            step_masks = self.objective.masks.for_batch(batch, self.mask_rng)
+            step_masks = self.objective.masks.for_batch(batch, self.mask_rng)  # drawn on the CPU: same on any device
+            batch = batch.to(self.device, self.dtype)
+            step_masks = {m: mask.to(self.device) for m, mask in step_masks.items()}
             reconstructions, output = self.engine(batch, step_masks)
             loss, metrics = self.objective(batch, reconstructions, output, step_masks)
             finite = bool(torch.isfinite(loss.detach()))

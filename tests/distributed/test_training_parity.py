@@ -5,6 +5,7 @@ DeepSpeed given megatron-core's topology as ``mpu``) matches one process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,3 +90,16 @@ def test_gradient_accumulation_counts_optimizer_steps(demo_shards: Path, tmp_pat
     # The first micro-batch of step 1 is the same batch as plain step 1, so the two step-1 losses differ only
     # by the second micro-batch averaged in.
     assert accumulated[0]["loss/total"] != plain[0]["loss/total"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_dynamic_loss_scaling(demo_shards: Path, tmp_path: Path, precision: str) -> None:
+    rows = train_metrics(demo_shards, tmp_path / precision, 2, f"train.precision={precision}")
+    losses = [m["loss/total"] for m in rows]
+    assert len(losses) == STEPS and all(math.isfinite(v) for v in losses)
+    scales = [m["loss_scale"] for m in rows]
+    if precision == "fp16":
+        # DeepSpeed's dynamic scaler starts at 2^16 and halves on every overflowing (skipped) step.
+        assert scales[0] == 2.0**16 and scales[-1] < scales[0]
+    else:
+        assert scales == [1.0] * STEPS and losses[-1] < losses[0]  # bf16 needs no loss scaling
