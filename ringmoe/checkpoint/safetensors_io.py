@@ -1,12 +1,20 @@
 """Sharded safetensors in the HuggingFace layout: ``model-0000i-of-0000n.safetensors`` + index JSON with sha256.
 
-Shards are filled in name order up to ``max_shard_bytes`` and each written atomically, so peak extra memory is
-one shard, not the model.
+``write_sharded`` takes a state dict in memory (shards filled in name order up to ``max_shard_bytes``).
+``write_sharded_stream`` takes the tensors' names, dtypes and shapes first and then the tensors one at a time,
+writing each straight to its shard file (the safetensors header is known from the specs), so memory holds one
+tensor, not a shard or the model. Every shard is written to a temp file and renamed, its sha256 hashed while
+writing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,3 +79,98 @@ def read_sharded(directory: Path, verify: bool = True) -> dict[str, torch.Tensor
             raise CheckpointError(f"{path}: sha256 does not match {INDEX_NAME} (corrupt or truncated)")
         state.update(load_file(str(path)))
     return state
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count * torch.empty((), dtype=self.dtype).element_size()
+
+
+def _shard_plan(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    return shards
+
+
+def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
+    entries: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for spec in specs:
+        entries[spec.name] = {
+            "dtype": _SAFETENSORS_DTYPES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(header)) + header
+
+
+def write_sharded_stream(
+    specs: list[TensorSpec],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    out_dir: Path,
+    metadata: dict[str, str],
+    max_shard_bytes: int = 2 * 2**30,
+) -> list[Path]:
+    """``tensors`` must yield ``(name, tensor)`` in the order of ``specs``, each of the spec's dtype and shape."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = _shard_plan(specs, max_shard_bytes)
+    single = len(plan) == 1
+    stream: Iterator[tuple[str, torch.Tensor]] = iter(tensors)
+    written, weight_map, checksums = [], {}, {}
+    for index, shard in enumerate(plan, start=1):
+        name = SINGLE_NAME if single else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
+        path, tmp = out_dir / name, out_dir / f".{name}.tmp"
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as handle:
+            header = _header(shard, metadata)
+            handle.write(header)
+            digest.update(header)
+            for spec in shard:
+                got, tensor = next(stream)
+                if got != spec.name or tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+                    raise CheckpointError(
+                        f"{name}: expected {spec.name} {spec.dtype} {spec.shape}, got {got} {tensor.dtype} "
+                        f"{tuple(tensor.shape)}"
+                    )
+                data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+                handle.write(memoryview(data))
+                digest.update(memoryview(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+        checksums[name] = digest.hexdigest()
+        weight_map.update({spec.name: name for spec in shard})
+        written.append(path)
+    atomic_write_json(
+        out_dir / INDEX_NAME,
+        {
+            "metadata": {"total_size": sum(s.nbytes for s in specs), "sha256": checksums, **metadata},
+            "weight_map": weight_map,
+        },
+    )
+    return written

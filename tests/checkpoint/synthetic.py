@@ -1,0 +1,56 @@
+"""Write a synthetic DeepSpeed MoE checkpoint (DeepSpeed's file names and keys, random weights) without
+training: the layout ``ringmoe consolidate`` reads, at a size no training run here could reach.
+
+    python -m tests.checkpoint.synthetic OUT_DIR [model overrides ...]
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from ringmoe.checkpoint.consolidate import MAIN_FILE, expected_state
+from ringmoe.checkpoint.save import FORMAT_VERSION, META_NAME
+from ringmoe.config.schema import ModelConfig
+from ringmoe.core.files import atomic_write_json
+from ringmoe.core.structured import load_structured, to_dict
+
+EXPERT = re.compile(r"^(.*)\.experts\.(\d+)\.(.*)$")
+
+
+def write_synthetic_checkpoint(tag_dir: Path, config: ModelConfig, seed: int = 0) -> None:
+    """One file open at a time, so writing a large checkpoint needs the memory of one expert only."""
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    module, experts = {}, {}
+    for name, shape in expected_state(config).items():
+        match = EXPERT.match(name)
+        if match:
+            prefix, index, rest = match.groups()
+            key = f"{prefix}.moe.deepspeed_moe.experts.deepspeed_experts.{index}.{rest}"
+            experts.setdefault(prefix, {}).setdefault(int(index), {})[key] = shape
+        else:
+            module[name.replace(".gate.weight", ".moe.deepspeed_moe.gate.wg.weight")] = shape
+
+    def random(shape: torch.Size) -> torch.Tensor:
+        return torch.randn(shape, generator=generator)
+
+    torch.save({"module": {k: random(s) for k, s in module.items()}}, tag_dir / MAIN_FILE)
+    for layer, prefix in enumerate(experts):  # DeepSpeed numbers MoE layers in module order
+        for index, keys in sorted(experts[prefix].items()):
+            path = tag_dir / f"layer_{layer}_expert_{index}_mp_rank_00_model_states.pt"
+            torch.save({k: random(s) for k, s in keys.items()}, path)
+    meta = {"format_version": FORMAT_VERSION, "step": 1, "world_size": 1, "expert_parallel_size": 1}
+    atomic_write_json(tag_dir / META_NAME, {**meta, "tensor_parallel_size": 1, "model": to_dict(config)})
+
+
+def main(argv: list[str]) -> None:
+    config = load_structured(ModelConfig, None, argv[1:])
+    write_synthetic_checkpoint(Path(argv[0]), config)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
