@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +131,28 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
+class _BackgroundSha256:
+    """sha256 on a second thread (hashlib releases the GIL), overlapping the hash with the file writes."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue(maxsize=8)  # bounded: at most a few tensors wait for the hash
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._digest.hexdigest()
+
+
 def write_sharded_stream(
     specs: list[TensorSpec],
     tensors: Iterable[tuple[str, torch.Tensor]],
@@ -145,7 +169,7 @@ def write_sharded_stream(
     for index, shard in enumerate(plan, start=1):
         name = SINGLE_NAME if single else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
         path, tmp = out_dir / name, out_dir / f".{name}.tmp"
-        digest = hashlib.sha256()
+        digest = _BackgroundSha256()
         with open(tmp, "wb") as handle:
             header = _header(shard, metadata)
             handle.write(header)
