@@ -74,10 +74,14 @@ def load_rank_states(tag_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return data_state, rng_state
 
 
-def load_engine_state(engine, tag_dir: Path) -> None:
-    """Model, optimizer (with the loss scaler) and LR scheduler, through DeepSpeed."""
+def load_engine_state(engine, tag_dir: Path, optimizer_states: bool = True) -> None:
+    """Model, optimizer (with the loss scaler) and LR scheduler, through DeepSpeed. ``optimizer_states``: false
+    for a resharded checkpoint, whose optimizer state belonged to the old layout (Adam moments start fresh)."""
     path, _ = engine.load_checkpoint(
-        str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(tag_dir.parent),
+        tag=tag_dir.name,
+        load_optimizer_states=optimizer_states,
+        load_lr_scheduler_states=True,
     )
     if path is None:
         raise CheckpointError(f"{tag_dir}: DeepSpeed could not load the checkpoint")

@@ -1,4 +1,4 @@
-"""``ringmoe``: train | consolidate | export | model-info | demo.
+"""``ringmoe``: train | consolidate | reshard | export | model-info | demo.
 
 Run ``train`` under a launcher for several processes (``torchrun --nproc_per_node 2 -m ringmoe.cli.main train
 ...``, ``deepspeed``, or ``srun``); a plain call runs one process.
@@ -48,6 +48,13 @@ def _consolidate(args: argparse.Namespace) -> None:
     print(f"consolidated {args.checkpoint} -> {out}")
 
 
+def _reshard(args: argparse.Namespace) -> None:
+    from ringmoe.checkpoint.reshard import reshard
+
+    out = reshard(Path(args.checkpoint), Path(args.out), args.expert_parallel_size)
+    print(f"resharded to EP {args.expert_parallel_size}: {out}; resume with train.resume={out}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from ringmoe.export.huggingface import export_huggingface
 
@@ -86,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     consolidate.add_argument("checkpoint", help="checkpoint tag directory, e.g. runs/x/checkpoints/global_step20")
     consolidate.add_argument("output", help="output directory")
     consolidate.set_defaults(func=_consolidate)
+
+    reshard = commands.add_parser("reshard", help="DeepSpeed MoE checkpoint -> the same for another EP size")
+    reshard.add_argument("checkpoint", help="checkpoint tag directory")
+    reshard.add_argument("out", help="new checkpoint directory, e.g. runs/y/checkpoints/global_step20")
+    reshard.add_argument("--expert-parallel-size", type=int, required=True)
+    reshard.set_defaults(func=_reshard)
 
     export = commands.add_parser("export", help="consolidated checkpoint -> HuggingFace directory")
     export.add_argument("consolidated", help="directory written by `ringmoe consolidate`")

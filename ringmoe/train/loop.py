@@ -80,7 +80,10 @@ def train(config: RunConfig) -> TrainResult:
     if resume_from is not None:
         meta = read_resume_meta(resume_from, config)
         load_callback_states(callbacks, meta.get("callbacks", {}))
-        load_engine_state(engine, resume_from)
+        optimizer_states = meta.get("optimizer_states", True)
+        if not optimizer_states and rank == 0:
+            log.warning("%s was resharded: model weights only, the optimizer starts fresh Adam moments", resume_from)
+        load_engine_state(engine, resume_from, optimizer_states)
         data_state, rng_state = load_rank_states(resume_from)
         loader.load_state_dict(data_state)
         rng.restore(rng_state, mask_rng)

@@ -1,0 +1,54 @@
+"""Resharding between expert-parallel sizes: a checkpoint of EP=2 resumed as EP=1 (and EP=1 as EP=2) on the
+same 2 processes gives, at its first step, the loss the original run had at that step (the weights, data
+position and mask RNG carry over; only the Adam moments start fresh, which touches later steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.test_resume import _command, _run
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("source_ep, target_ep", [(2, 1), (1, 2)])
+def test_reshard_then_resume_continues_the_loss(demo_shards: Path, tmp_path: Path, source_ep: int, target_ep: int):
+    original = tmp_path / "original"
+    done = _run(_command(demo_shards, original, "train.save_every=3", f"parallel.expert_parallel_size={source_ep}"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = _rows(original)
+
+    resharded = tmp_path / "resharded" / "checkpoints" / "global_step3"
+    cli = _run(["python", "-m", "ringmoe.cli.main", "reshard", str(original / "checkpoints" / "global_step3"),
+                str(resharded), "--expert-parallel-size", str(target_ep)])  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    meta = json.loads((resharded / "ringmoe_meta.json").read_text())
+    assert meta["expert_parallel_size"] == target_ep and meta["optimizer_states"] is False
+    assert not list(resharded.glob("*optim_states.pt"))
+
+    resumed = _run(_command(demo_shards, tmp_path / "resharded", f"parallel.expert_parallel_size={target_ep}",
+                            "--resume", str(resharded)))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    rows = _rows(tmp_path / "resharded")
+    assert rows[0]["step"] == 4
+    # Step 4's loss is computed from the step-3 weights before any update: the same as the original run's.
+    torch.testing.assert_close(rows[0]["loss/total"], reference[3]["loss/total"], rtol=1e-5, atol=1e-6)
+    assert rows[-1]["step"] == 6 and all(r["loss/total"] == r["loss/total"] for r in rows)
+
+
+def test_reshard_refuses_an_ep_that_does_not_divide_the_experts(demo_shards: Path, tmp_path: Path) -> None:
+    from ringmoe.checkpoint.reshard import reshard
+    from ringmoe.core.errors import CheckpointError
+
+    run = tmp_path / "run"
+    assert _run(_command(demo_shards, run, "train.steps=1")).returncode == 0
+    with pytest.raises(CheckpointError, match=r"do not split over EP 3"):
+        reshard(run / "checkpoints" / "global_step1", tmp_path / "out", 3)
