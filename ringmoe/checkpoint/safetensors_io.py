@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import struct
 import threading
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ringmoe.core.errors import CheckpointError
@@ -88,6 +90,9 @@ _SAFETENSORS_DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }  # fmt: skip
+
+
+_TORCH_DTYPES = {code: dtype for dtype, code in _SAFETENSORS_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -198,3 +203,47 @@ def write_sharded_stream(
         },
     )
     return written
+
+
+def parse_size(text: str) -> int:
+    """``"2GB"``, ``"500MB"``, ``"1.5GiB"`` -> bytes (HuggingFace's ``max_shard_size`` convention)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?)B\s*", text, flags=re.I)
+    if not match:
+        raise CheckpointError(f"size {text!r}: expected a number and a unit, e.g. 2GB or 500MB")
+    number, prefix, binary = match.groups()
+    power = "KMGT".index(prefix.upper()) + 1 if prefix else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def iter_sharded(directory: Path, verify: bool = True, keep=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors of a sharded directory one at a time (``keep(name)`` filters), each shard verified against the
+    index's sha256 before it is read; memory holds one tensor."""
+    index_path = directory / INDEX_NAME
+    if not index_path.is_file():
+        raise CheckpointError(f"{index_path}: missing safetensors index")
+    index = json.loads(index_path.read_text())
+    for name in sorted(set(index["weight_map"].values())):
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: shard listed in {INDEX_NAME} is missing")
+        expected = index["metadata"].get("sha256", {}).get(name)
+        if verify and expected and sha256_file(path) != expected:
+            raise CheckpointError(f"{path}: sha256 does not match {INDEX_NAME} (corrupt or truncated)")
+        with safe_open(str(path), framework="pt") as shard:
+            for tensor_name in shard.keys():
+                if keep is None or keep(tensor_name):
+                    yield tensor_name, shard.get_tensor(tensor_name)
+
+
+def sharded_specs(directory: Path, keep=None) -> list[TensorSpec]:
+    """Names, dtypes and shapes of a sharded directory's tensors, from the shard headers only."""
+    index = json.loads((directory / INDEX_NAME).read_text())
+    specs = []
+    for name in sorted(set(index["weight_map"].values())):
+        with safe_open(str(directory / name), framework="pt") as shard:
+            for tensor_name in shard.keys():
+                if keep is None or keep(tensor_name):
+                    sliced = shard.get_slice(tensor_name)
+                    dtype = _TORCH_DTYPES[sliced.get_dtype()]
+                    specs.append(TensorSpec(tensor_name, dtype, tuple(sliced.get_shape())))
+    return specs

@@ -42,9 +42,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _consolidate(args: argparse.Namespace) -> None:
+    import torch
+
     from ringmoe.checkpoint.consolidate import consolidate
 
-    out = consolidate(Path(args.checkpoint), Path(args.output))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    out = consolidate(Path(args.checkpoint), Path(args.output), dtype=dtype)
     print(f"consolidated {args.checkpoint} -> {out}")
 
 
@@ -58,7 +61,9 @@ def _reshard(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from ringmoe.export.huggingface import export_huggingface
 
-    out = export_huggingface(Path(args.consolidated), Path(args.output), dtype=args.dtype)
+    out = export_huggingface(
+        Path(args.consolidated), Path(args.output), dtype=args.dtype, max_shard_size=args.max_shard_size
+    )
     print(f"exported HuggingFace model to {out}")
 
 
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     consolidate = commands.add_parser("consolidate", help="DeepSpeed MoE checkpoint -> safetensors state dict")
     consolidate.add_argument("checkpoint", help="checkpoint tag directory, e.g. runs/x/checkpoints/global_step20")
     consolidate.add_argument("output", help="output directory")
+    consolidate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     consolidate.set_defaults(func=_consolidate)
 
     reshard = commands.add_parser("reshard", help="DeepSpeed MoE checkpoint -> the same for another EP size")
@@ -104,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("consolidated", help="directory written by `ringmoe consolidate`")
     export.add_argument("output", help="output directory (loadable by AutoModel, trust_remote_code=True)")
     export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    export.add_argument("--max-shard-size", default="2GB", help="HuggingFace shard size, e.g. 2GB or 500MB")
     export.set_defaults(func=_export)
 
     info = commands.add_parser("model-info", help="parameter counts (meta device) and FLOPs per sample")

@@ -13,13 +13,19 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME
-from ringmoe.checkpoint.safetensors_io import read_sharded
+from ringmoe.checkpoint.safetensors_io import (
+    INDEX_NAME,
+    TensorSpec,
+    iter_sharded,
+    parse_size,
+    sharded_specs,
+    write_sharded_stream,
+)
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import CheckpointError
-from ringmoe.core.files import atomic_write_json, atomic_write_text, sha256_file
+from ringmoe.core.files import atomic_write_json, atomic_write_text
 from ringmoe.core.sensors import load_registry
 from ringmoe.core.structured import from_dict
 
@@ -67,23 +73,36 @@ def hf_config(model_config: ModelConfig) -> dict:
     }
 
 
-def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32") -> Path:
+def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32", max_shard_size: str = "2GB") -> Path:
+    """Stream the encoder tensors of a consolidated checkpoint into HuggingFace safetensors shards
+    (``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``)."""
     config_path = consolidated / MODEL_CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing; pass a directory written by `ringmoe consolidate`")
     model_config = from_dict(ModelConfig, json.loads(config_path.read_text()), str(config_path))
-    state = read_sharded(consolidated)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    # Only the encoder is exported: the SimMIM decoders are pretraining scaffolding.
-    encoder_state = {
-        k: (v.to(torch_dtype) if v.is_floating_point() else v).contiguous()
-        for k, v in state.items()
-        if k.startswith("encoder.")
-    }
-    if not encoder_state:
+
+    def encoder_only(name: str) -> bool:  # the SimMIM decoders are pretraining scaffolding
+        return name.startswith("encoder.")
+
+    specs = [
+        TensorSpec(s.name, torch_dtype if s.dtype.is_floating_point else s.dtype, s.shape)
+        for s in sharded_specs(consolidated, encoder_only)
+    ]
+    if not specs:
         raise CheckpointError(f"{consolidated}: no encoder.* tensors found")
+    tensors = (
+        (name, t.to(torch_dtype) if t.is_floating_point() else t)
+        for name, t in iter_sharded(consolidated, keep=encoder_only)
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("model*.safetensors"), out_dir / INDEX_NAME]:
+        stale.unlink(missing_ok=True)
+    written = write_sharded_stream(specs, tensors, out_dir, {"format": "pt"}, parse_size(max_shard_size))
+    checksums = json.loads((out_dir / INDEX_NAME).read_text())["metadata"]["sha256"]
+    if len(written) == 1:
+        (out_dir / INDEX_NAME).unlink()  # one file: HuggingFace loads model.safetensors without an index
     for module, exported in _COPIED_MODULES.items():
         atomic_write_text(out_dir / f"{exported}.py", _module_source(module))
     for template in (Path(__file__).parent / "hf_code").glob("*.py.in"):
@@ -91,11 +110,7 @@ def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32"
     config = hf_config(model_config)
     config["torch_dtype"] = dtype
     atomic_write_json(out_dir / "config.json", config)
-    weights = out_dir / "model.safetensors"
-    tmp = out_dir / ".model.safetensors.tmp"
-    save_file(encoder_state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(weights)
-    atomic_write_json(out_dir / "checksums.json", {"model.safetensors": sha256_file(weights)})
+    atomic_write_json(out_dir / "checksums.json", checksums)
     atomic_write_text(out_dir / "README.md", _model_card(model_config, config["sensors"]))
     return out_dir
 

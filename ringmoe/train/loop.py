@@ -48,6 +48,7 @@ class TrainResult:
     start_step: int = 0  # the step resumed from (0: fresh)
     preempted: bool = False
     nonfinite_steps: int = 0
+    engine: object = None  # the DeepSpeed engine, for evaluation after training (callers in the same process)
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -151,6 +152,7 @@ def train(config: RunConfig) -> TrainResult:
         micro.close()
         logger.close()
     result.seconds = time.perf_counter() - started
+    result.engine = engine
     return result
 
 
