@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json, sha256_file
@@ -69,20 +69,8 @@ def write_sharded(
 
 
 def read_sharded(directory: Path, verify: bool = True) -> dict[str, torch.Tensor]:
-    index_path = directory / INDEX_NAME
-    if not index_path.is_file():
-        raise CheckpointError(f"{index_path}: missing safetensors index")
-    index = json.loads(index_path.read_text())
-    state: dict[str, torch.Tensor] = {}
-    for name in sorted(set(index["weight_map"].values())):
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: shard listed in {INDEX_NAME} is missing")
-        expected = index["metadata"].get("sha256", {}).get(name)
-        if verify and expected and sha256_file(path) != expected:
-            raise CheckpointError(f"{path}: sha256 does not match {INDEX_NAME} (corrupt or truncated)")
-        state.update(load_file(str(path)))
-    return state
+    """The whole state dict in memory (small models and tests; ``iter_sharded`` streams)."""
+    return dict(iter_sharded(directory, verify))
 
 
 _SAFETENSORS_DTYPES = {
