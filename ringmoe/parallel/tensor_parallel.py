@@ -25,9 +25,9 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from torch import nn
 
-from ringmoe.core.errors import ConfigError
 from ringmoe.models.moe import FeedForward
 from ringmoe.models.swin import WindowAttention
+from ringmoe.parallel.tp_layout import attention_shards, feed_forward_shards
 
 # Where a sharded tensor sits in its single-device original: (dim, indices along dim, full size along dim).
 _SHARD_ATTR = "ringmoe_tp_shard"
@@ -128,30 +128,19 @@ def _carry_tags(old: nn.Module, new: nn.Module) -> None:
                 setattr(param, tag, getattr(source, tag))
 
 
-def shard_indices(size: int, tp: int, rank: int, what: str) -> torch.Tensor:
-    if size % tp:
-        raise ConfigError(f"{what} ({size}) is not divisible by parallel.tensor_parallel_size={tp}")
-    per_rank = size // tp
-    return torch.arange(rank * per_rank, (rank + 1) * per_rank)
-
-
 def parallelize_attention(attn: WindowAttention, tp: int, rank: int, name: str) -> None:
-    heads = attn.num_heads
-    local_heads = shard_indices(heads, tp, rank, f"{name}: attention heads")
-    head_dim = attn.qkv.out_features // (3 * heads)
-    # qkv output is laid out (3, heads, head_dim): keep q, k and v of the same local heads.
-    qkv_rows = torch.arange(attn.qkv.out_features).view(3, heads, head_dim)[:, local_heads].reshape(-1)
-    proj_columns = torch.arange(heads * head_dim).view(heads, head_dim)[local_heads].reshape(-1)
-    attn.qkv = column_parallel(attn.qkv, qkv_rows)
-    attn.proj = row_parallel(attn.proj, proj_columns)
-    attn.cpb_mlp[2] = column_parallel(attn.cpb_mlp[2], local_heads)
+    shards = attention_shards(attn, tp, rank, name)
+    local_heads = shards["logit_scale"].index
+    attn.qkv = column_parallel(attn.qkv, shards["qkv.weight"].index)
+    attn.proj = row_parallel(attn.proj, shards["proj.weight"].index)
+    attn.cpb_mlp[2] = column_parallel(attn.cpb_mlp[2], shards["cpb_mlp.2.weight"].index)
     attn.logit_scale = nn.Parameter(attn.logit_scale.detach()[local_heads].clone())
-    _mark_shard(attn.logit_scale, 0, local_heads, heads)
+    _mark_shard(attn.logit_scale, 0, local_heads, shards["logit_scale"].full_size)
     attn.num_heads = len(local_heads)
 
 
 def parallelize_feed_forward(ffn: FeedForward, tp: int, rank: int, name: str) -> None:
-    hidden = shard_indices(ffn.fc1.out_features, tp, rank, f"{name}: expert hidden width")
+    hidden = feed_forward_shards(ffn, tp, rank, name)["fc1.weight"].index
     ffn.fc1 = column_parallel(ffn.fc1, hidden)
     ffn.fc2 = row_parallel(ffn.fc2, hidden)
 

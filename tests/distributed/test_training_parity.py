@@ -103,3 +103,25 @@ def test_mixed_precision_trains_with_dynamic_loss_scaling(demo_shards: Path, tmp
         assert scales[0] == 2.0**16 and scales[-1] < scales[0]
     else:
         assert scales == [1.0] * STEPS and losses[-1] < losses[0]  # bf16 needs no loss scaling
+
+
+def test_tp2_checkpoint_consolidates_to_the_single_device_weights(demo_shards: Path, tmp_path: Path) -> None:
+    """Two mp_rank files per tensor, TP slices put back by ``parallel.tp_layout``: with a learning rate too small
+    to move any fp32 weight, the consolidated TP=2 checkpoint must equal the model's initial weights exactly
+    (a wrong slice or order would show at once)."""
+    from ringmoe.checkpoint.consolidate import consolidate
+    from ringmoe.checkpoint.safetensors_io import read_sharded
+    from ringmoe.config.schema import load_config
+    from ringmoe.models.build import build_model
+
+    frozen = ["train.lr=1e-30", "train.min_lr=1e-30", "parallel.tensor_parallel_size=2"]
+    train_metrics(demo_shards, tmp_path / "tp2", 1, *frozen)
+    tag = tmp_path / "tp2" / "checkpoints" / f"global_step{STEPS}"
+    assert (tag / "mp_rank_01_model_states.pt").is_file()
+    state = read_sharded(consolidate(tag, tmp_path / "consolidated"))
+    config = load_config(REPO / "configs" / "tiny.yaml")
+    initial = build_model(config.model, seed=config.train.seed).state_dict()
+    assert state.keys() == initial.keys()
+    for name, tensor in initial.items():
+        # atol: zero-initialised biases do move, by ~lr (1e-30); weights of scale 0.02 cannot.
+        torch.testing.assert_close(state[name], tensor, rtol=0, atol=1e-20, msg=lambda m, n=name: f"{n}: {m}")

@@ -26,7 +26,7 @@ def test_possible_layouts_pass() -> None:
 
 
 def test_heads_or_hidden_width_not_divisible_by_tp_is_named() -> None:
-    from ringmoe.parallel.tensor_parallel import shard_indices
+    from ringmoe.parallel.tp_layout import shard_indices
 
     torch.testing.assert_close(shard_indices(8, 2, 1, "x"), torch.arange(4, 8))
     with pytest.raises(ConfigError, match="stage.0: attention heads \\(14\\) is not divisible by .*=4"):
