@@ -3,8 +3,9 @@
 DeepSpeed's own ``zero_to_fp32.py`` cannot read MoE checkpoints. Here the non-expert weights come from
 ``mp_rank_<T>_model_states.pt`` and each expert from its ``layer_<L>_expert_<E>_mp_rank_<T>_model_states.pt``
 (DeepSpeed already stores global expert indices in those keys), one file per tensor-parallel rank T; TP slices
-are put back where ``parallel.tp_layout`` says each rank's slice came from. Every file is loaded with ``weights_only=True``
-and the result is checked, name by name and shape by shape, against the model the checkpoint says it holds.
+are put back where ``parallel.tp_layout`` says each rank's slice came from. Every file is loaded with
+``weights_only=True`` and the result is checked, name by name and shape by shape, against the model the
+checkpoint says it holds.
 """
 
 from __future__ import annotations

@@ -65,6 +65,10 @@ def _export(args: argparse.Namespace) -> None:
         Path(args.consolidated), Path(args.output), dtype=args.dtype, max_shard_size=args.max_shard_size
     )
     print(f"exported HuggingFace model to {out}")
+    if args.push:
+        # Offline-safe by design: nothing is sent from here (training clusters often have no route out); the
+        # directory is complete, and uploading it is one command on a machine that has the network.
+        print(f"to publish it as {args.push}: huggingface-cli upload {args.push} {out} .")
 
 
 def _model_info(args: argparse.Namespace) -> None:
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="output directory (loadable by AutoModel, trust_remote_code=True)")
     export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     export.add_argument("--max-shard-size", default="2GB", help="HuggingFace shard size, e.g. 2GB or 500MB")
+    export.add_argument("--push", metavar="REPO_ID", help="prepare for the Hub: writes the directory, uploads nothing")
     export.set_defaults(func=_export)
 
     info = commands.add_parser("model-info", help="parameter counts (meta device) and FLOPs per sample")
