@@ -52,14 +52,14 @@ def _load(path: Path, mmap: bool = False) -> dict:
         raise CheckpointError(f"{path}: cannot read checkpoint file ({type(exc).__name__}: {exc})") from None
 
 
-def _meta_model(model_config: ModelConfig):
+def meta_model(model_config: ModelConfig):
     with torch.device("meta"):
         return build_model(model_config)
 
 
 def expected_state(model_config: ModelConfig) -> dict[str, torch.Size]:
     """Names and shapes of the single-device model, built on the meta device (no memory for weights)."""
-    return {name: tensor.shape for name, tensor in _meta_model(model_config).state_dict().items()}
+    return {name: tensor.shape for name, tensor in meta_model(model_config).state_dict().items()}
 
 
 def main_file(tp_rank: int) -> str:
@@ -136,7 +136,7 @@ def read_checkpoint_layout(tag_dir: Path) -> CheckpointSource:
     meta = read_meta(tag_dir)
     tp = int(meta.get("tensor_parallel_size", 1))
     model_config = from_dict(ModelConfig, meta["model"], str(tag_dir / META_NAME))
-    model = _meta_model(model_config)
+    model = meta_model(model_config)
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
     shards = [model_shards(model, tp, rank) if tp > 1 else {} for rank in range(tp)]
     files, specs, seen = [], [], {}

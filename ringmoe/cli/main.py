@@ -54,8 +54,8 @@ def _consolidate(args: argparse.Namespace) -> None:
 def _reshard(args: argparse.Namespace) -> None:
     from ringmoe.checkpoint.reshard import reshard
 
-    out = reshard(Path(args.checkpoint), Path(args.out), args.expert_parallel_size)
-    print(f"resharded to EP {args.expert_parallel_size}: {out}; resume with train.resume={out}")
+    out = reshard(Path(args.checkpoint), Path(args.out), args.expert_parallel_size, args.tensor_parallel_size)
+    print(f"resharded: {out}; resume with train.resume={out} and the new parallel sizes")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("checkpoint", help="checkpoint tag directory")
     reshard.add_argument("out", help="new checkpoint directory, e.g. runs/y/checkpoints/global_step20")
     reshard.add_argument("--expert-parallel-size", type=int, required=True)
+    reshard.add_argument("--tensor-parallel-size", type=int, help="default: unchanged")
     reshard.set_defaults(func=_reshard)
 
     export = commands.add_parser("export", help="consolidated checkpoint -> HuggingFace directory")

@@ -51,6 +51,12 @@ class _AsLinear:
     get_extra_state = nn.Module.get_extra_state
     set_extra_state = nn.Module.set_extra_state
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # ... and megatron's load pre-hook would put that entry back on load, where it is then unexpected: a
+        # TP checkpoint could not be resumed.
+        self._load_state_dict_pre_hooks.clear()
+
 
 class ColumnParallel(_AsLinear, ColumnParallelLinear):
     pass

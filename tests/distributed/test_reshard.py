@@ -52,3 +52,32 @@ def test_reshard_refuses_an_ep_that_does_not_divide_the_experts(demo_shards: Pat
     assert _run(_command(demo_shards, run, "train.steps=1")).returncode == 0
     with pytest.raises(CheckpointError, match=r"do not split over EP 3"):
         reshard(run / "checkpoints" / "global_step1", tmp_path / "out", 3)
+
+
+@pytest.mark.parametrize("source_tp, target_tp", [(1, 2), (2, 1)])
+def test_reshard_tensor_parallel_then_resume_continues_the_loss(demo_shards, tmp_path, source_tp, target_tp):
+    """TP=1 on 1 process <-> TP=2 on 2 processes (one data rank either way): the model files are cut again for
+    the new TP size and the resumed first step reproduces the original run's loss."""
+    # As in test_tp2_trains_like_one_process: capacities even (no TP padding), no clipping.
+    same = ["model.capacity_factor=1.25", "train.grad_clip=0", "parallel.expert_parallel_size=1"]
+
+    def command(run: Path, tp: int, *extra: str) -> list[str]:
+        launcher = _command(demo_shards, run, *same, f"parallel.tensor_parallel_size={tp}", *extra)
+        return [part if part != "--nproc_per_node=2" else f"--nproc_per_node={tp}" for part in launcher]
+
+    original = tmp_path / "original"
+    done = _run(command(original, source_tp, "train.save_every=3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = _rows(original)
+    target = tmp_path / "resharded" / "checkpoints" / "global_step3"
+    cli = _run(["python", "-m", "ringmoe.cli.main", "reshard", str(original / "checkpoints" / "global_step3"),
+                str(target), "--expert-parallel-size", "1", "--tensor-parallel-size", str(target_tp)])  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert sorted(p.name for p in target.glob("mp_rank_*")) == [
+        f"mp_rank_{r:02d}_model_states.pt" for r in range(target_tp)
+    ]
+    resumed = _run(command(tmp_path / "resharded", target_tp, "--resume", str(target)))
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    rows = _rows(tmp_path / "resharded")
+    assert rows[0]["step"] == 4
+    torch.testing.assert_close(rows[0]["loss/total"], reference[3]["loss/total"], rtol=2e-5, atol=0)

@@ -169,3 +169,21 @@ def test_sigusr1_to_the_trainers_exits_75(demo_shards: Path, tmp_path: Path) -> 
     assert codes == [75, 75], [p.stderr.read()[-2000:] for p in procs]
     marker = json.loads((run / "PREEMPTED").read_text())
     assert marker["reason"] == "signal on 1 rank(s)" and (run / "checkpoints" / f"global_step{marker['step']}").is_dir()
+
+
+def test_tensor_parallel_run_resumes_bitwise(demo_shards: Path, tmp_path: Path) -> None:
+    """TP=2 (megatron-core layers inside DeepSpeed): resuming from the step-3 checkpoint repeats steps 4..6
+    exactly (megatron's load hook would otherwise make every TP checkpoint unloadable)."""
+    import shutil
+
+    tp = ["parallel.tensor_parallel_size=2", "parallel.expert_parallel_size=1", "model.capacity_factor=1.25"]
+    run = tmp_path / "run"
+    done = _run(_command(demo_shards, run, "train.save_every=3", *tp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = _losses(run)
+    again = tmp_path / "again"
+    (again / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints" / "global_step3", again / "checkpoints" / "global_step3")
+    resumed = _run(_command(demo_shards, again, "train.save_every=3", *tp, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(again) == reference[3:]
