@@ -1,0 +1,47 @@
+"""Parameter budgets for pruned RingMoE configs, on the meta device: the 14.7B model with its routed experts
+removed (shared expert only) is the paper's ~1.06B dense model; 2B and 4B budgets land within 2%."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ringmoe.config.schema import load_model_config
+from ringmoe.core.errors import ConfigError
+from ringmoe.prune.budget import counts_for_budget, encoder_parameters, expert_costs, parse_budget
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "model" / "ringmoe_14b7.yaml"
+
+
+@pytest.fixture(scope="module")
+def full():
+    config = load_model_config(CONFIG)
+    return config, expert_costs(config)
+
+
+def test_one_expert_per_block_is_the_1b_dense_model(full):
+    config, costs = full
+    dense = dataclasses.replace(config, modal_experts=[0] * 4, collab_experts=[0] * 4)
+    assert encoder_parameters(dense) == costs.base
+    assert costs.base == pytest.approx(1.06e9, rel=0.02)
+
+
+@pytest.mark.parametrize("budget", ["2B", "4B"])
+def test_budgets_land_within_two_percent(full, budget):
+    config, costs = full
+    pruned = counts_for_budget(config, parse_budget(budget), costs)
+    built = encoder_parameters(pruned)  # the real model, not the cost model
+    assert built == costs.parameters(pruned.modal_experts, pruned.collab_experts)
+    assert built == pytest.approx(parse_budget(budget), rel=0.02)
+    assert all(p <= o for p, o in zip(pruned.modal_experts + pruned.collab_experts,
+                                      config.modal_experts + config.collab_experts))  # fmt: skip
+
+
+def test_budget_below_the_dense_model_and_bad_units_are_errors(full):
+    config, costs = full
+    with pytest.raises(ConfigError, match=r"below the model without routed experts"):
+        counts_for_budget(config, parse_budget("500M"), costs)
+    with pytest.raises(ConfigError, match=r"parameter budget 'lots'"):
+        parse_budget("lots")
