@@ -8,7 +8,6 @@ all-reduces every expert's gradient. The ratio says what EP costs (or gains) in 
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import torch
@@ -16,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchmarks.common import synthetic_batch
+from tests.distributed.spawn import free_port
 
 WORLD = 2
 
@@ -70,9 +70,7 @@ def _worker(rank: int, port: int, ep: int, steps: int, per_modality: int, overri
 def _tokens_per_second(ep: int, steps: int, per_modality: int, overrides: list[str], timeout_s: float) -> float:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     procs = [
         ctx.Process(target=_worker, args=(rank, port, ep, steps, per_modality, overrides, out)) for rank in range(WORLD)
     ]

@@ -84,8 +84,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 else:
                     print(build_summary(built, built["config"]["out_dir"], time.perf_counter() - start))
                     if args.verify:
-                        checks = argparse.Namespace(dir=Path(built["config"]["out_dir"]), deep=True, strict=False)
-                        return _verify(argparse.Namespace(**vars(checks), report=None), time.perf_counter())
+                        checks = argparse.Namespace(
+                            dir=Path(built["config"]["out_dir"]), deep=True, strict=False, report=None
+                        )
+                        return _verify(checks, time.perf_counter())
             elif args.command == "stats":
                 return _stats(args, start)
             else:

@@ -10,7 +10,6 @@ checkpoint says it holds.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ringmoe.checkpoint.safetensors_io import TensorSpec, write_sharded_stream
-from ringmoe.checkpoint.save import META_NAME
+from ringmoe.checkpoint.save import META_NAME, read_meta
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json
@@ -37,14 +36,7 @@ MAIN_FILE_PATTERN = re.compile(r"^mp_rank_\d+_model_states\.pt$")
 EXPERT_FILE = re.compile(r"layer_(\d+)_expert_(\d+)_mp_rank_(\d+)_model_states\.pt$")
 
 
-def read_meta(tag_dir: Path) -> dict:
-    path = tag_dir / META_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{tag_dir}: no {META_NAME}; the checkpoint is incomplete or not a ringmoe checkpoint")
-    return json.loads(path.read_text())
-
-
-def _load(path: Path, mmap: bool = False) -> dict:
+def load_checkpoint_file(path: Path, mmap: bool = False) -> dict:
     """``mmap``: tensors stay in the file's pages until read, so opening a file costs no memory."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -83,7 +75,7 @@ class CheckpointSource:
         put together, cast to ``dtype`` when floating."""
         shapes = {spec.name: spec.shape for spec in self.specs}
         for paths, names in tqdm(self.files, desc="consolidate", unit="file", disable=len(self.files) < 50):
-            states = [_module_states(path, _load(path, mmap=True)) for path in paths]
+            states = [_module_states(path, load_checkpoint_file(path, mmap=True)) for path in paths]
             for key, name in names.items():
                 if name in self.shards[0]:
                     tensor = states[0][key].new_empty(shapes[name])
@@ -141,7 +133,7 @@ def read_checkpoint_layout(tag_dir: Path) -> CheckpointSource:
     shards = [model_shards(model, tp, rank) if tp > 1 else {} for rank in range(tp)]
     files, specs, seen = [], [], {}
     for index, paths in enumerate(_file_groups(tag_dir, tp)):
-        states = [_module_states(path, _load(path, mmap=True)) for path in paths]
+        states = [_module_states(path, load_checkpoint_file(path, mmap=True)) for path in paths]
         names = {}
         for key, tensor in states[0].items():
             if index == 0 and is_expert_key(key):

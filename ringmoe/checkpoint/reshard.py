@@ -25,12 +25,12 @@ from ringmoe.checkpoint.consolidate import (
     EXPERT_FILE,
     MAIN_FILE_PATTERN,
     CheckpointSource,
+    load_checkpoint_file,
     main_file,
     meta_model,
     read_checkpoint_layout,
-    read_meta,
 )
-from ringmoe.checkpoint.save import META_NAME, TMP_SUFFIX, data_state_name, rng_state_name
+from ringmoe.checkpoint.save import META_NAME, TMP_SUFFIX, data_state_name, read_meta, rng_state_name
 from ringmoe.config.schema import load_config
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json, atomic_write_text
@@ -119,7 +119,7 @@ def _write_tensor_parallel_files(layout: CheckpointSource, staging: Path, tp: in
                 shard = shards[rank].get(names[key])
                 sliced[key] = tensor.index_select(shard.dim, shard.index).clone() if shard else tensor
             if index == 0:
-                states = torch.load(paths[0], map_location="cpu", weights_only=True, mmap=True)
+                states = load_checkpoint_file(paths[0], mmap=True)
                 extra = {k: v for k, v in states.items() if k not in ("module", "optimizer")}
                 payload = {**extra, "module": sliced, "optimizer": None, "mp_world_size": tp}
                 name = main_file(rank)

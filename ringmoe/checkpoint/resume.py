@@ -16,6 +16,7 @@ from ringmoe.checkpoint.save import (
     TMP_SUFFIX,
     complete_checkpoints,
     data_state_name,
+    read_meta,
     rng_state_name,
 )
 from ringmoe.config.schema import RunConfig
@@ -38,13 +39,11 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
 
 def read_resume_meta(tag_dir: Path, config: RunConfig) -> dict:
     """The meta of ``tag_dir``, checked against this run's layout (resharding is ``ringmoe consolidate``'s job)."""
-    meta_path = tag_dir / META_NAME
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path}: unreadable ({exc})") from None
+    meta = read_meta(tag_dir)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{tag_dir / META_NAME}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}"
+        )
     now = {
         "world_size": dist.get_world_size(),
         "expert_parallel_size": config.parallel.expert_parallel_size,

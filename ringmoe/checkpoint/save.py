@@ -12,6 +12,7 @@ the rename, and the oldest complete checkpoints beyond ``keep_last`` are removed
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from ringmoe.config.schema import RunConfig
+from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json, atomic_write_text
 from ringmoe.core.structured import to_dict, to_yaml
 
@@ -45,6 +47,17 @@ def data_state_name(rank: int) -> str:
 
 def rng_state_name(rank: int) -> str:
     return f"rng_state_rank{rank:05d}.safetensors"
+
+
+def read_meta(tag_dir: Path) -> dict:
+    """``ringmoe_meta.json`` of a checkpoint directory; missing (an incomplete save) or unreadable is an error."""
+    path = tag_dir / META_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{tag_dir}: no {META_NAME}; the checkpoint is incomplete or not a ringmoe checkpoint")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
