@@ -194,3 +194,36 @@ def consolidate(
     atomic_write_json(out_dir / MODEL_CONFIG_NAME, to_dict(source.model_config))
     log.info("consolidated %d tensors from %s into %s", len(specs), tag_dir, out_dir)
     return out_dir
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    """The model config of a directory written by ``consolidate`` (or ``ringmoe prune``)."""
+    import json
+
+    path = directory / MODEL_CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; pass a directory written by `ringmoe consolidate` or `ringmoe prune`")
+    try:
+        return from_dict(ModelConfig, json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def load_consolidated_model(directory: Path) -> tuple[torch.nn.Module, ModelConfig]:
+    """The single-device model with a consolidated directory's weights (every shard checked against its sha256).
+    Built on the meta device and filled in place, so the weights are in memory once."""
+    from ringmoe.checkpoint.safetensors_io import iter_sharded
+
+    config = read_model_config(directory)
+    model = meta_model(config)
+    state = dict(iter_sharded(directory))
+    expected = model.state_dict()
+    wrong = sorted(n for n in set(state) & set(expected) if state[n].shape != expected[n].shape)
+    if set(state) != set(expected) or wrong:
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise CheckpointError(
+            f"{directory}: tensors do not match {MODEL_CONFIG_NAME}: missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"wrong shape {wrong[:3]}"
+        )
+    model.load_state_dict(state, assign=True)
+    return model, config

@@ -84,3 +84,23 @@ def load_engine_state(engine, tag_dir: Path, optimizer_states: bool = True) -> N
     )
     if path is None:
         raise CheckpointError(f"{tag_dir}: DeepSpeed could not load the checkpoint")
+
+
+def initial_model(init_from: Path, config: RunConfig) -> torch.nn.Module:
+    """The single-device model with the weights of a consolidated (or pruned) directory, to start a run from:
+    its model config must be this run's, key by key."""
+    from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, load_consolidated_model, read_model_config
+    from ringmoe.core.errors import ConfigError
+    from ringmoe.core.structured import to_dict
+
+    saved, wanted = to_dict(read_model_config(init_from)), to_dict(config.model)
+    differ = [
+        f"{key}: {saved.get(key)} there, {value} here" for key, value in wanted.items() if saved.get(key) != value
+    ]
+    if differ:
+        raise ConfigError(
+            f"train.init_from {init_from}: its {MODEL_CONFIG_NAME} differs from model ({'; '.join(differ)}); "
+            "use the config.yaml written beside it"
+        )
+    model, _ = load_consolidated_model(init_from)
+    return model.float()  # the engine casts to bf16/fp16 itself; fp32 master weights start from these values

@@ -1,4 +1,4 @@
-"""``ringmoe``: train | consolidate | reshard | export | model-info | demo.
+"""``ringmoe``: train | consolidate | reshard | prune | export | model-info | demo.
 
 Run ``train`` under a launcher for several processes (``torchrun --nproc_per_node 2 -m ringmoe.cli.main train
 ...``, ``deepspeed``, or ``srun``); a plain call runs one process.
@@ -58,6 +58,20 @@ def _reshard(args: argparse.Namespace) -> None:
     print(f"resharded: {out}; resume with train.resume={out} and the new parallel sizes")
 
 
+def _prune(args: argparse.Namespace) -> None:
+    from ringmoe.config.schema import load_config
+    from ringmoe.prune.run import prune_checkpoint
+
+    config = load_config(args.config, args.overrides)
+    report = Path(args.report) if args.report else None
+    result = prune_checkpoint(Path(args.consolidated), Path(args.output), config, report)
+    print((result.out_dir / "PRUNE.md").read_text())
+    print(
+        f"pruned model: {result.out_dir}; export with `ringmoe export {result.out_dir} OUT`, "
+        f"fine-tune with `ringmoe train --config {result.out_dir / 'config.yaml'}`"
+    )
+
+
 def _export(args: argparse.Namespace) -> None:
     from ringmoe.export.huggingface import export_huggingface
 
@@ -111,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--tensor-parallel-size", type=int, help="default: unchanged")
     reshard.set_defaults(func=_reshard)
 
+    prune = commands.add_parser("prune", help="consolidated checkpoint -> smaller model, from measured routing")
+    prune.add_argument("consolidated", help="directory written by `ringmoe consolidate` (or `ringmoe prune`)")
+    prune.add_argument("output", help="output directory: pruned consolidated checkpoint, report, plan, config")
+    prune.add_argument("--config", required=True, help="run YAML: data (calibration), objective, prune section")
+    prune.add_argument("--report", help="routing_report.json of an earlier calibration instead of calibrating")
+    prune.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prune.strategy=global prune.budget=1B")
+    prune.set_defaults(func=_prune)
+
     export = commands.add_parser("export", help="consolidated checkpoint -> HuggingFace directory")
     export.add_argument("consolidated", help="directory written by `ringmoe consolidate`")
     export.add_argument("output", help="output directory (loadable by AutoModel, trust_remote_code=True)")
@@ -142,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unparsed = parser.parse_known_args(argv)
+    # Dotted overrides may follow options that come after the positionals (``prune C OUT --config X a.b=1``),
+    # which argparse leaves unparsed; anything else unknown is still an error.
+    if unparsed and (not hasattr(args, "overrides") or any(u.startswith("-") or "=" not in u for u in unparsed)):
+        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
+    if unparsed:
+        args.overrides = [*args.overrides, *unparsed]
     try:
         return args.func(args) or 0
     except RingMoEError as exc:

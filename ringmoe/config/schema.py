@@ -219,6 +219,9 @@ class TrainConfig:
     resume: str = ""
     # A step whose loss is NaN/inf on any rank is skipped (no update) and counted; this many in a row abort.
     max_nonfinite_steps: int = 5
+    # A directory written by `ringmoe consolidate` or `ringmoe prune` whose weights start a fresh run (fine-tuning
+    # a pruned model); its model config must equal this run's model section. Ignored when resuming.
+    init_from: str = ""
     # Metric callbacks (throughput/MFU, router load and heatmaps, accounting); off only to measure their cost.
     callbacks: bool = True
     peak_tflops_per_device: float = 0.0  # for MFU, e.g. 989 for H100 SXM bf16 dense; 0: MFU not logged
@@ -231,6 +234,59 @@ class ExportConfig:
     max_shard_size: str = "2GB"
 
 
+PRUNE_STRATEGIES = ("modality_aware", "global", "random", "to_dense")
+
+
+@dataclass
+class PruneConfig:
+    """Expert pruning of a consolidated checkpoint (``ringmoe prune``, ``ringmoe.prune``).
+
+    ``strategy``: which experts each router keeps. ``modality_aware``: by each deployment modality's share of
+    the measured contribution (gate-weighted expert output norm); ``global``: by the contribution summed over
+    all calibration tokens; ``random``: a seeded random choice (the baseline that pruning must beat);
+    ``to_dense``: no routed expert anywhere, the shared expert alone is a plain dense FFN.
+    How many experts per stage: ``modal_experts``/``collab_experts`` if given, else the counts closest to
+    ``budget`` encoder parameters (``"1B"``, ``"800M"``). ``modalities``: the deployment set (empty: every
+    modality of the model); the others lose their patch embedding, decoder and modal routers.
+    ``merge``: fold each removed expert into the kept expert its tokens are rerouted to, weighted by gate mass,
+    instead of dropping it (``merge_align``: match hidden units first).
+    """
+
+    strategy: str = "modality_aware"
+    budget: str = ""
+    modal_experts: list[int] = field(default_factory=list)
+    collab_experts: list[int] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    merge: bool = False
+    merge_align: bool = True
+    # Refit each kept expert's output scale on the calibration tokens (see ``ringmoe.prune.rescale``): a pruned
+    # router's softmax runs over fewer experts, which raises every kept expert's weight.
+    rescale: bool = True
+    calibration_batches: int = 16
+    calibration_masked: bool = True  # route SimMIM-masked inputs, as in pretraining and the retention check
+    eval_batches: int = 8  # held-out batches (after the calibration ones) for the retention check; 0: skip
+    seed: int = 0  # masks of calibration and evaluation, and the ``random`` strategy
+    device: str = "cpu"  # calibration and evaluation device, e.g. cuda
+    dtype: str = "float32"  # float32 | bfloat16 (calibration and evaluation only; weights keep their dtype)
+
+    def validate(self) -> None:
+        if self.strategy not in PRUNE_STRATEGIES:
+            raise ConfigError(f"prune.strategy {self.strategy!r} not in {PRUNE_STRATEGIES}")
+        unknown = sorted(set(self.modalities) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"prune.modalities: unknown {unknown}; known: {list(MODALITIES)}")
+        if self.calibration_batches < 1 or self.eval_batches < 0:
+            raise ConfigError(
+                f"prune.calibration_batches={self.calibration_batches} must be >= 1 and "
+                f"prune.eval_batches={self.eval_batches} >= 0"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"prune.dtype {self.dtype!r} not in float32|bfloat16")
+        for key in ("modal_experts", "collab_experts"):
+            if any(count < 0 for count in getattr(self, key)):
+                raise ConfigError(f"prune.{key} {getattr(self, key)} has a negative count")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -239,11 +295,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.data.validate()
         self.objective.validate()
+        self.prune.validate()
+        no_embedding = sorted(set(self.data.modalities) - set(self.model.in_chans))
+        if no_embedding:
+            raise ConfigError(
+                f"data.modalities {no_embedding} have no patch embedding in model.in_chans {list(self.model.in_chans)}"
+            )
         derived = self.objective.decoder_extra_channels(list(self.model.in_chans))
         if self.model.decoder_extra_channels and self.model.decoder_extra_channels != derived:
             raise ConfigError(

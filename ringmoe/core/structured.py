@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ringmoe.core.errors import ConfigError
@@ -24,6 +24,36 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return f"key {key!r}: {message}" if key else message
 
 
+def _replace_mappings(merged: DictConfig, given: DictConfig) -> None:
+    """A mapping given for a plain-dict field replaces the default instead of being merged into it
+    (``model.in_chans: {sar_amplitude: 3}`` means that one modality, not that one added to the defaults)."""
+    for key in given:
+        value = given._get_node(key)
+        if isinstance(value, DictConfig) and key in merged:
+            if OmegaConf.get_type(merged, key) is dict:
+                merged[key] = value
+            else:
+                _replace_mappings(merged[key], value)
+
+
+def _merge(schema: type, data: DictConfig) -> DictConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+    _replace_mappings(merged, data)
+    return merged
+
+
+def _apply_overrides(merged: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Dotted edits merge (``model.in_chans.optical=4`` changes one entry); a ``{...}`` value replaces the whole
+    mapping, as it would in the YAML file."""
+    for override in overrides:
+        key, value = override.split("=", 1)
+        if value.lstrip().startswith("{"):
+            OmegaConf.update(merged, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=False)
+        else:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+    return merged
+
+
 def load_structured(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Load ``path`` (optional) into ``schema`` and apply ``a.b=c`` command-line overrides, strictly."""
     where = str(path) if path else "<defaults>"
@@ -32,12 +62,12 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = _merge(schema, OmegaConf.load(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
                 raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            merged = _apply_overrides(merged, overrides)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{where}: {_describe(exc)}") from None
@@ -48,7 +78,7 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
 def from_dict(schema: type[T], data: dict, where: str) -> T:
     """Strictly load an already-parsed mapping (e.g. from a checkpoint's JSON) into ``schema``."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))  # type: ignore[return-value]
+        return OmegaConf.to_object(_merge(schema, OmegaConf.create(data)))  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{where}: {_describe(exc)}") from None
 

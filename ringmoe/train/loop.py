@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ringmoe.checkpoint.resume import load_engine_state, load_rank_states, read_resume_meta, resolve_resume
+from ringmoe.checkpoint.resume import (
+    initial_model,
+    load_engine_state,
+    load_rank_states,
+    read_resume_meta,
+    resolve_resume,
+)
 from ringmoe.checkpoint.save import save_checkpoint
 from ringmoe.config.schema import RunConfig
 from ringmoe.core.errors import ConfigError, TrainingError
@@ -61,9 +67,11 @@ def train(config: RunConfig) -> TrainResult:
     topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
 
-    model = parallelize(
-        build_model(config.model, seed=config.train.seed), topology, config.parallel.expert_parallel_size
-    )
+    if config.train.init_from and resume_from is None:
+        single_device = initial_model(Path(config.train.init_from), config)  # e.g. fine-tuning a pruned model
+    else:
+        single_device = build_model(config.model, seed=config.train.seed)
+    model = parallelize(single_device, topology, config.parallel.expert_parallel_size)
     engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
     # Data (and masks) follow the data-parallel rank: the ranks of one TP group work on the same samples.
     data_rank, data_world = topology.data_rank, topology.data_parallel_size

@@ -1,0 +1,146 @@
+"""Write the pruned checkpoint from a consolidated one, tensor by tensor.
+
+Every output tensor is an ``_Item``: the source tensors it needs and how to make it (copy, rename, keep a
+router's rows, or fold experts together). Items are ordered by the position of their last source in the
+source files, so one pass over the source (``iter_sharded``) completes them in order and memory holds only
+the tensors of items still waiting for a source: one router's experts at most, when merging.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, expected_state
+from ringmoe.checkpoint.safetensors_io import TensorSpec, iter_sharded, sharded_specs, write_sharded_stream
+from ringmoe.core.errors import CheckpointError
+from ringmoe.core.files import atomic_write_json
+from ringmoe.core.structured import to_dict
+from ringmoe.prune.merge import merge_experts
+from ringmoe.prune.plan import PrunePlan, RouterDecision
+
+log = logging.getLogger(__name__)
+_ROUTER_TENSOR = re.compile(
+    r"^encoder\.(stages\.\d+\.blocks\.\d+\.ffn\.(?:collab|modal\.\w+))\.(gate\.weight|experts\.(\d+)\.(.+))$"
+)
+_PER_MODALITY = re.compile(r"^(?:encoder\.patch_embed|decoders)\.(\w+)\.")
+
+
+@dataclass
+class _Item:
+    outputs: list[TensorSpec]
+    sources: list[str]
+    build: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]
+
+
+def _copy(name: str) -> Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]:
+    return lambda tensors: [tensors[name]]
+
+
+def _plan_items(specs: list[TensorSpec], plan: PrunePlan) -> list[_Item]:
+    position = {spec.name: index for index, spec in enumerate(specs)}
+    by_name = {spec.name: spec for spec in specs}
+    expert_params: dict[tuple[str, int], list[str]] = {}
+    items: list[_Item] = []
+    for spec in specs:
+        modality = _PER_MODALITY.match(spec.name)
+        if modality and modality.group(1) not in plan.modalities:
+            continue
+        router = _ROUTER_TENSOR.match(spec.name)
+        if not router:
+            items.append(_Item([spec], [spec.name], _copy(spec.name)))
+            continue
+        decision = plan.routers.get(router.group(1))
+        if decision is None:
+            raise CheckpointError(f"{spec.name}: router {router.group(1)} is not in the pruning plan")
+        if router.group(2) == "gate.weight":
+            if decision.keep:
+                rows = torch.tensor(decision.keep)
+                shape = (len(decision.keep), *spec.shape[1:])
+                items.append(
+                    _Item(
+                        [TensorSpec(spec.name, spec.dtype, shape)],
+                        [spec.name],
+                        lambda t, n=spec.name, r=rows: [t[n][r]],
+                    )
+                )
+            continue
+        expert_params.setdefault((decision.name, int(router.group(3))), []).append(router.group(4))
+    for (router_name, expert), params in expert_params.items():
+        decision = plan.routers[router_name]
+        if expert not in decision.keep:
+            continue  # dropped, or folded into the item of the expert it merges into
+        items.append(_expert_item(decision, expert, sorted(params), by_name, plan.merge_align))
+    items.sort(key=lambda item: max(position[s] for s in item.sources))
+    return items
+
+
+def _expert_item(decision: RouterDecision, expert: int, params: list[str], by_name: dict, align: bool) -> _Item:
+    prefix = f"encoder.{decision.name}.experts."
+    new = decision.keep.index(expert)
+    outputs = [
+        TensorSpec(f"{prefix}{new}.{p}", by_name[f"{prefix}{expert}.{p}"].dtype, by_name[f"{prefix}{expert}.{p}"].shape)
+        for p in params
+    ]
+    members = [expert] + sorted(j for j, k in decision.merged_into.items() if k == expert)
+    sources = [f"{prefix}{m}.{p}" for m in members for p in params]
+    for source in sources:
+        if source not in by_name:
+            raise CheckpointError(f"{source}: missing from the consolidated checkpoint (expert {expert} needs it)")
+    weights = [decision.merge_weights[m] for m in members] if len(members) > 1 else []
+    scale = decision.scales[new] if decision.scales else 1.0
+
+    def build(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        experts = [{p: tensors[f"{prefix}{m}.{p}"] for p in params} for m in members]
+        expert = merge_experts(experts, weights, align=align) if weights else experts[0]
+        if scale != 1.0:  # the expert's output is linear in fc2: scaling it scales the output exactly
+            expert = {p: t * scale if p.startswith("fc2.") else t for p, t in expert.items()}
+        return [expert[p] for p in params]
+
+    return _Item(outputs, sources, build)
+
+
+def _stream(items: list[_Item], tensors: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    owner = {source: index for index, item in enumerate(items) for source in item.sources}
+    waiting: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors:
+        index = owner.get(name)
+        if index is None:
+            continue  # pruned away
+        got = waiting.setdefault(index, {})
+        got[name] = tensor
+        item = items[index]
+        if len(got) == len(item.sources):
+            del waiting[index]
+            for spec, out in zip(item.outputs, item.build(got)):
+                yield spec.name, out.contiguous()
+    if waiting:
+        raise CheckpointError(f"source ended before {sum(len(items[i].sources) for i in waiting)} tensors were read")
+
+
+def apply_plan(plan: PrunePlan, consolidated: Path, out_dir: Path, max_shard_bytes: int = 2 * 2**30) -> Path:
+    """Stream ``consolidated`` into ``out_dir`` as the pruned model (safetensors shards + model config), checked
+    name by name and shape by shape against the pruned model built on the meta device."""
+    specs = sharded_specs(consolidated)
+    items = _plan_items(specs, plan)
+    out_specs = [spec for item in items for spec in item.outputs]
+    expected = expected_state(plan.pruned)
+    produced = {spec.name: tuple(spec.shape) for spec in out_specs}
+    if produced != {name: tuple(shape) for name, shape in expected.items()}:
+        extra = sorted(set(produced) - set(expected))
+        missing = sorted(set(expected) - set(produced))
+        wrong = sorted(n for n in set(produced) & set(expected) if produced[n] != tuple(expected[n]))
+        raise CheckpointError(
+            f"{consolidated}: the pruned tensors do not match the pruned model: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}"
+        )
+    metadata = {"format": "ringmoe-consolidated", "pruned_from": consolidated.name, "strategy": plan.strategy}
+    write_sharded_stream(out_specs, _stream(items, iter_sharded(consolidated)), out_dir, metadata, max_shard_bytes)
+    atomic_write_json(out_dir / MODEL_CONFIG_NAME, to_dict(plan.pruned))
+    log.info("pruned %d -> %d tensors into %s", len(specs), len(out_specs), out_dir)
+    return out_dir
