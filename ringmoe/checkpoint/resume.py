@@ -86,10 +86,9 @@ def load_engine_state(engine, tag_dir: Path, optimizer_states: bool = True) -> N
         raise CheckpointError(f"{tag_dir}: DeepSpeed could not load the checkpoint")
 
 
-def initial_model(init_from: Path, config: RunConfig) -> torch.nn.Module:
-    """The single-device model with the weights of a consolidated (or pruned) directory, to start a run from:
-    its model config must be this run's, key by key."""
-    from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, load_consolidated_model, read_model_config
+def check_init_from(init_from: Path, config: RunConfig) -> None:
+    """``train.init_from`` must hold this run's model, key by key (checked before any process group starts)."""
+    from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, read_model_config
     from ringmoe.core.errors import ConfigError
     from ringmoe.core.structured import to_dict
 
@@ -102,5 +101,12 @@ def initial_model(init_from: Path, config: RunConfig) -> torch.nn.Module:
             f"train.init_from {init_from}: its {MODEL_CONFIG_NAME} differs from model ({'; '.join(differ)}); "
             "use the config.yaml written beside it"
         )
+
+
+def initial_model(init_from: Path, config: RunConfig) -> torch.nn.Module:
+    """The single-device model with the weights of a consolidated (or pruned) directory, to start a run from."""
+    from ringmoe.checkpoint.consolidate import load_consolidated_model
+
+    check_init_from(init_from, config)
     model, _ = load_consolidated_model(init_from)
     return model.float()  # the engine casts to bf16/fp16 itself; fp32 master weights start from these values

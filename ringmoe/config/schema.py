@@ -329,6 +329,8 @@ class RunConfig:
                 )
         if self.parallel.zero_stage not in (0, 1, 2):
             raise ConfigError(f"parallel.zero_stage {self.parallel.zero_stage}: MoE supports ZeRO stage 0, 1 or 2")
+        if not 0 <= self.train.min_lr <= self.train.lr:
+            raise ConfigError(f"train.lr={self.train.lr} and train.min_lr={self.train.min_lr}: need 0 <= min_lr <= lr")
         if self.train.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision {self.train.precision!r} not in fp32|bf16|fp16")
 

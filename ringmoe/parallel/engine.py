@@ -62,8 +62,9 @@ def build_engine(model: nn.Module, config: RunConfig, data_parallel_size: int, m
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay
     )
+    floor = train.min_lr / train.lr if train.lr > 0 else 0.0  # lr 0: a run that must not move the weights
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, train.warmup_steps, train.steps, train.min_lr / train.lr)
+        optimizer, lambda step: warmup_cosine(step, train.warmup_steps, train.steps, floor)
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model,

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ringmoe.checkpoint.resume import (
+    check_init_from,
     initial_model,
     load_engine_state,
     load_rank_states,
@@ -63,6 +64,8 @@ def train(config: RunConfig) -> TrainResult:
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"
     resume_from = resolve_resume(config.train.resume, checkpoints)
+    if config.train.init_from and resume_from is None:
+        check_init_from(Path(config.train.init_from), config)
     rank, _ = init_distributed()
     topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
