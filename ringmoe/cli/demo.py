@@ -1,4 +1,4 @@
-"""The tiny real-data demo: shards -> DeepSpeed EP=2 training -> consolidate -> HuggingFace export -> check.
+"""The tiny real-data demo: shards -> DeepSpeed EP=2 training -> consolidate -> prune -> HuggingFace export -> check.
 
 Every stage runs the real libraries on the real sample rasters shipped in ``demo_data/``.
 """
@@ -48,26 +48,30 @@ def _train(out: Path, steps: int, nproc: int) -> list[float]:
     return [json.loads(line)["loss/total"] for line in lines[-steps:]]
 
 
-def _check_export(out: Path) -> float:
+def _check_export(consolidated: Path, hf_dir: Path, shards: Path) -> float:
     """Largest difference between the HF model and the consolidated checkpoint on a real batch."""
-    from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME
-    from ringmoe.config.schema import DataConfig, ModelConfig
-    from ringmoe.core.structured import from_dict
+    from ringmoe.checkpoint.consolidate import load_consolidated_model
+    from ringmoe.config.schema import DataConfig
     from ringmoe.data.loader import ShardStream
-    from ringmoe.models.build import build_model
 
-    config = from_dict(ModelConfig, json.loads((out / "consolidated" / MODEL_CONFIG_NAME).read_text()), "demo")
-    reference = build_model(config)
-    reference.load_state_dict(load_file(str(out / "consolidated" / "model.safetensors")))
-    exported = AutoModel.from_pretrained(str(out / "hf"), trust_remote_code=True)
-    batch = next(iter(ShardStream(DataConfig(shards=str(out / "shards")))))
+    reference, config = load_consolidated_model(consolidated)
+    exported = AutoModel.from_pretrained(str(hf_dir), trust_remote_code=True)
+    batch = next(iter(ShardStream(DataConfig(shards=str(shards), modalities=list(config.in_chans)))))
     with torch.no_grad():
         expected = reference.eval().encoder(batch).features
         actual = exported.eval()(pixel_values=batch.images).last_hidden_state
     return float((expected - actual).abs().max())
+
+
+def _prune(out: Path):
+    from ringmoe.config.schema import load_config
+    from ringmoe.prune.run import prune_checkpoint
+
+    # Half the routed experts per router, chosen from the measured routing; counts stay EP=2-divisible.
+    overrides = [f"data.shards={out / 'shards'}", "prune.modal_experts=[2,2]", "prune.collab_experts=[2,2]"]
+    return prune_checkpoint(out / "consolidated", out / "pruned", load_config(RUN_CONFIG, overrides))
 
 
 def _modality_losses(metrics_file: Path, window: int = 5) -> dict[str, tuple[float, float]]:
@@ -97,21 +101,31 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
     checkpoint = out / "train" / "checkpoints" / f"global_step{steps}"
     with _stage("consolidate: DeepSpeed MoE checkpoint -> safetensors", timings):
         consolidate(checkpoint, out / "consolidated")
-    with _stage("export: HuggingFace directory", timings):
+    with _stage("prune: calibrate routing -> keep 2 of 4 experts per router (modality-aware)", timings):
+        pruned = _prune(out)
+    with _stage("export: HuggingFace directories (full and pruned)", timings):
         export_huggingface(out / "consolidated", out / "hf")
+        export_huggingface(out / "pruned", out / "hf_pruned")
     with _stage("check: AutoModel.from_pretrained(trust_remote_code=True) vs checkpoint", timings):
-        max_diff = _check_export(out)
+        max_diff = _check_export(out / "consolidated", out / "hf", out / "shards")
+        max_diff_pruned = _check_export(out / "pruned", out / "hf_pruned", out / "shards")
+    parameters = pruned.plan.to_dict()["encoder_parameters"]
     summary = {
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "modality_losses": _modality_losses(out / "train" / "metrics.jsonl"),
         "hf_max_abs_diff": max_diff,
+        "hf_pruned_max_abs_diff": max_diff_pruned,
+        "pruned_encoder_parameters": parameters,
+        "prune_retention": pruned.retention,
         "paths": {
             "shards": str(out / "shards"),
             "checkpoint": str(checkpoint),
             "consolidated": str(out / "consolidated"),
+            "pruned": str(out / "pruned"),
             "hf_export": str(out / "hf"),
+            "hf_pruned": str(out / "hf_pruned"),
             "metrics": str(out / "train" / "metrics.jsonl"),
             "tensorboard": str(out / "train" / "tensorboard"),
         },
@@ -122,11 +136,17 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
     print(f"  loss: first {losses[0]:.4f} -> last {losses[-1]:.4f} over {len(losses)} steps")
     for name, (first, last) in summary["modality_losses"].items():
         print(f"    {name:<28} {first:.4f} -> {last:.4f}  (mean of first / last 5 steps)")
-    print(f"  HF export vs checkpoint: max |diff| = {max_diff:.2e}")
+    print(
+        f"  pruned: encoder {parameters['source']:,} -> {parameters['pruned']:,} parameters, held-out masked "
+        f"reconstruction retention {pruned.retention.get('loss/total', float('nan')):.3f} (unpruned / pruned loss)"
+    )
+    print(f"  HF export vs checkpoint: max |diff| = {max_diff:.2e} (full), {max_diff_pruned:.2e} (pruned)")
     for name, path in summary["paths"].items():
         print(f"  {name:>12}: {path}")
-    if max_diff > 1e-4:
-        raise RingMoEError(f"HF export does not reproduce the checkpoint (max |diff| {max_diff:.2e})")
+    if max(max_diff, max_diff_pruned) > 1e-4:
+        raise RingMoEError(
+            f"HF export does not reproduce the checkpoint (max |diff| {max_diff:.2e}, pruned {max_diff_pruned:.2e})"
+        )
     if losses[-1] >= losses[0]:
         raise RingMoEError(f"loss did not decrease: {losses[0]:.4f} -> {losses[-1]:.4f}")
     return summary

@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.set_defaults(func=_model_info)
 
-    demo = commands.add_parser("demo", help="tiny real-data run: shards -> EP=2 training -> consolidate -> export")
+    demo = commands.add_parser(
+        "demo", help="tiny real-data run: shards -> EP=2 training -> consolidate -> prune -> export"
+    )
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--nproc", type=int, default=2)

@@ -15,15 +15,17 @@ Expert = dict[str, torch.Tensor]  # fc1.weight (H, D), fc1.bias (H,), fc2.weight
 
 
 def _unit_features(expert: Expert) -> torch.Tensor:
-    return torch.cat([expert["fc1.weight"], expert["fc1.bias"][:, None], expert["fc2.weight"].T], dim=1).double()
+    return torch.cat([expert["fc1.weight"], expert["fc1.bias"][:, None], expert["fc2.weight"].T], dim=1).float()
 
 
 def align_hidden(reference: Expert, other: Expert) -> Expert:
-    """``other`` with its hidden units permuted to match ``reference``'s (the same function of its input)."""
+    """``other`` with its hidden units permuted to match ``reference``'s (the same function of its input).
+    Memory: the hidden x hidden similarity in float64 (what the assignment solver takes), e.g. 128 MiB at 4096."""
     from scipy.optimize import linear_sum_assignment
 
-    similarity = _unit_features(reference) @ _unit_features(other).T
-    _, order = linear_sum_assignment(similarity.numpy(), maximize=True)
+    cost = (_unit_features(reference) @ _unit_features(other).T).double().neg_().numpy()  # in place: no copy
+    _, order = linear_sum_assignment(cost)
+    del cost
     order = torch.as_tensor(order)
     return {
         "fc1.weight": other["fc1.weight"][order],
@@ -34,12 +36,15 @@ def align_hidden(reference: Expert, other: Expert) -> Expert:
 
 
 def merge_experts(members: list[Expert], weights: list[float], align: bool = True) -> Expert:
-    """Weighted average of ``members`` (the kept expert first; the others are aligned to it when ``align``)."""
-    if align:
-        members = [members[0]] + [align_hidden(members[0], other) for other in members[1:]]
+    """Weighted average of ``members`` (the kept expert first; the others are aligned to it when ``align``),
+    accumulated in place in float32: memory for the result and one aligned member at a time."""
     total = sum(weights)
     share = [w / total for w in weights] if total > 0 else [1.0 / len(members)] * len(members)
-    return {
-        key: sum(s * member[key].double() for s, member in zip(share, members)).to(members[0][key].dtype)
-        for key in members[0]
-    }
+    reference = members[0]
+    merged = {key: tensor.float() * share[0] for key, tensor in reference.items()}
+    for weight, other in zip(share[1:], members[1:]):
+        aligned = align_hidden(reference, other) if align else other
+        for key, tensor in aligned.items():
+            merged[key].add_(tensor.float(), alpha=weight)
+        del aligned
+    return {key: tensor.to(reference[key].dtype) for key, tensor in merged.items()}

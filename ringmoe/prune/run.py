@@ -52,6 +52,13 @@ class PruneResult:
 def _source_run_config(config: RunConfig, consolidated: Path) -> RunConfig:
     """``config`` with the checkpoint's own model section: the checkpoint says what it holds."""
     source = read_model_config(consolidated)
+    derived = config.objective.decoder_extra_channels(list(source.in_chans))
+    if derived != dict(source.decoder_extra_channels):
+        raise ConfigError(
+            f"{consolidated}: its decoders predict {dict(source.decoder_extra_channels)} extra channels, the objective "
+            f"section of the run config {derived}; use the objective the model was trained with (the checkpoint's "
+            "config.yaml)"
+        )
     run = dataclasses.replace(config, model=source)
     run.validate()
     return run
@@ -71,8 +78,8 @@ def prune_checkpoint(
     prune = run.prune
     device, dtype = torch.device(prune.device), getattr(torch, prune.dtype)
     objective = build_objective(run.objective, run.model)
-    batches = _batches(run)
     needs_model = report_path is None or prune.eval_batches or prune.rescale
+    batches = _batches(run) if needs_model else iter(())  # a given report and nothing to fit: no data read
     model = load_consolidated_model(consolidated)[0].to(device, dtype) if needs_model else None
     calibration = [next(batches) for _ in range(prune.calibration_batches)] if needs_model else []
     generator = torch.Generator()

@@ -119,6 +119,31 @@ def test_hf_export_reproduces_the_checkpoint(demo: tuple[Path, str]) -> None:
     assert "sentinel1_grd" in card and "capella_quadpol" in card
 
 
+def test_demo_prunes_to_half_the_experts_and_exports_that_too(demo: tuple[Path, str]) -> None:
+    from transformers import AutoModel
+
+    from ringmoe.checkpoint.consolidate import load_consolidated_model
+    from ringmoe.config.schema import DataConfig
+    from ringmoe.data.loader import ShardStream
+
+    out, stdout = demo
+    plan = json.loads((out / "pruned" / "prune_plan.json").read_text())
+    assert plan["pruned_model"]["modal_experts"] == [2, 2] and plan["pruned_model"]["collab_experts"] == [2, 2]
+    parameters = plan["encoder_parameters"]
+    assert parameters["pruned"] < 0.75 * parameters["source"]
+    retention = json.loads((out / "pruned" / "retention.json").read_text())["retention"]
+    assert 0.5 < retention["loss/total"] < 1.2
+    reference, _ = load_consolidated_model(out / "pruned")
+    exported = AutoModel.from_pretrained(str(out / "hf_pruned"), trust_remote_code=True)
+    assert exported.config.modal_experts == [2, 2]
+    batch = next(iter(ShardStream(DataConfig(shards=str(out / "shards"), seed=3))))
+    with torch.no_grad():
+        expected = reference.eval().encoder(batch).features
+        actual = exported.eval()(pixel_values=batch.images).last_hidden_state
+    assert torch.equal(actual, expected)
+    assert "pruned: encoder" in stdout and "retention" in stdout
+
+
 def _copy_checkpoint(demo: tuple[Path, str], tmp_path: Path) -> Path:
     source = demo[0] / "train" / "checkpoints" / f"global_step{STEPS}"
     target = tmp_path / source.name

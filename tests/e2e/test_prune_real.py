@@ -126,4 +126,5 @@ def test_training_starts_from_the_pruned_model_under_ep2(trained, demo_shards, t
          f"train.init_from={pruned}", f"train.output_dir={tmp_path / 'wrong'}"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
-    assert wrong.returncode == 2 and "differs from model (modal_experts: [2, 2] there, [4, 4] here" in wrong.stderr, wrong.stderr[-2000:]
+    expected = "differs from model (modal_experts: [2, 2] there, [4, 4] here"
+    assert wrong.returncode == 2 and expected in wrong.stderr, wrong.stderr[-2000:]

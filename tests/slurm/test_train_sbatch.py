@@ -85,7 +85,7 @@ def test_sbatch_trains_on_two_nodes_requeues_on_usr1_and_resumes(slurm_cluster, 
     assert (tmp_path / "run" / "checkpoints" / f"global_step{STEPS}" / "ringmoe_meta.json").is_file()
     assert not (tmp_path / "run" / "PREEMPTED").exists()
 
-    # Post-training jobs on the result: consolidate, then export once it succeeded.
+    # Post-training jobs on the result: consolidate, prune once it succeeded, then export the pruned model.
     consolidate_log, export_log = tmp_path / "consolidate.out", tmp_path / "export.out"
     checkpoint = tmp_path / "run" / "checkpoints" / f"global_step{STEPS}"
     consolidate = _sbatch(
@@ -97,14 +97,24 @@ def test_sbatch_trains_on_two_nodes_requeues_on_usr1_and_resumes(slurm_cluster, 
         ],
         env,
     )
+    prune_log = tmp_path / "prune.out"
+    prune = _sbatch(
+        [f"--dependency=afterok:{consolidate}", f"--output={prune_log}", str(REPO / "slurm" / "prune.sbatch"),
+         str(tmp_path / "c"), str(tmp_path / "pruned"), "--config", str(REPO / "configs" / "tiny.yaml"),
+         f"data.shards={demo_shards}", "prune.modal_experts=[2,2]", "prune.collab_experts=[2,2]"],
+        env,
+    )  # fmt: skip
     export = _sbatch(
-        [f"--dependency=afterok:{consolidate}", f"--output={export_log}", str(REPO / "slurm" / "export.sbatch"),
-         str(tmp_path / "c"), str(tmp_path / "hf")],
+        [f"--dependency=afterok:{prune}", f"--output={export_log}", str(REPO / "slurm" / "export.sbatch"),
+         str(tmp_path / "pruned"), str(tmp_path / "hf")],
         env,
     )  # fmt: skip
     _wait_done(consolidate, env, consolidate_log)
+    _wait_done(prune, env, prune_log)
     _wait_done(export, env, export_log)
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["modal_experts"] == [2, 2]
+    assert "retention" in prune_log.read_text()
 
 
 def test_ingest_job_array_then_manifest_job_equal_a_serial_build(slurm_cluster, demo_shards, tmp_path):
