@@ -164,7 +164,7 @@ def make_plan(report: RoutingReport, source: ModelConfig, prune: PruneConfig) ->
     pruned = pruned_config(source, prune, modalities)
     generator = torch.Generator().manual_seed(prune.seed)
     routers: dict[str, RouterDecision] = {}
-    expected = _source_routers(source)
+    expected = routers_of(source)
     missing = sorted(set(expected) - set(report.routers))
     if missing:
         raise ConfigError(f"the routing report has no statistics for {missing[:3]} ({len(missing)} routers)")
@@ -201,7 +201,7 @@ def _merge_targets(usage: ExpertUsage, keep: list[int], removed: list[int], scor
     return targets
 
 
-def _source_routers(source: ModelConfig) -> dict[str, int]:
+def routers_of(source: ModelConfig) -> dict[str, int]:
     """Router name -> experts, for every router the source model has."""
     routers = {}
     for stage, depth in enumerate(source.depths):

@@ -21,6 +21,27 @@ from ringmoe.core.structured import load_structured, to_dict
 EXPERT = re.compile(r"^(.*)\.experts\.(\d+)\.(.*)$")
 
 
+def synthetic_report(config: ModelConfig, seed: int = 0):
+    """Routing statistics shaped like a calibration's (random contributions per router and modality), for
+    pruning models no calibration here could run."""
+    from ringmoe.prune.calibrate import ExpertUsage, RouterUsage, RoutingReport, parse_router_name
+    from ringmoe.prune.plan import routers_of
+
+    g = torch.Generator().manual_seed(seed)
+    routers = {}
+    for name, experts in routers_of(config).items():
+        stage, block, kind, modality = parse_router_name(name)
+        by_modality = {}
+        for m in [modality] if modality else list(config.in_chans):
+            usage = ExpertUsage.zeros(experts)
+            usage.contribution = torch.rand(experts, generator=g, dtype=torch.float64)
+            usage.tokens = usage.kept = usage.gate_mass = usage.contribution * 10
+            usage.affinity = torch.rand(experts, experts, generator=g, dtype=torch.float64)
+            by_modality[m] = usage
+        routers[name] = RouterUsage(name, stage, block, kind, modality, experts, by_modality)
+    return RoutingReport(1, {m: 1 for m in config.in_chans}, routers)
+
+
 def write_synthetic_checkpoint(tag_dir: Path, config: ModelConfig, seed: int = 0) -> None:
     """One file open at a time, so writing a large checkpoint needs the memory of one expert only."""
     tag_dir.mkdir(parents=True, exist_ok=True)

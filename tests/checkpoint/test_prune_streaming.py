@@ -9,32 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ringmoe.checkpoint.consolidate import consolidate, read_model_config
 from ringmoe.checkpoint.safetensors_io import iter_sharded, sharded_specs
-from ringmoe.prune.calibrate import ExpertUsage, RouterUsage, RoutingReport, parse_router_name
-from ringmoe.prune.plan import _source_routers
+from tests.checkpoint.synthetic import synthetic_report
 from tests.checkpoint.test_consolidate_streaming import LARGE, MiB, _peak_rss_of
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _report(config, seed: int = 0) -> RoutingReport:
-    """Routing statistics as a calibration would write them (random contributions, one per modality)."""
-    g = torch.Generator().manual_seed(seed)
-    routers = {}
-    for name, experts in _source_routers(config).items():
-        stage, block, kind, modality = parse_router_name(name)
-        by_modality = {}
-        for m in [modality] if modality else list(config.in_chans):
-            usage = ExpertUsage.zeros(experts)
-            usage.contribution = torch.rand(experts, generator=g, dtype=torch.float64)
-            usage.tokens = usage.kept = usage.gate_mass = usage.contribution * 10
-            usage.affinity = torch.rand(experts, experts, generator=g, dtype=torch.float64)
-            by_modality[m] = usage
-        routers[name] = RouterUsage(name, stage, block, kind, modality, experts, by_modality)
-    return RoutingReport(1, {m: 1 for m in config.in_chans}, routers)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +26,7 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert made.returncode == 0
     source = consolidate(tag, tmp / "consolidated", max_shard_bytes=SHARD)
     report = tmp / "routing_report.json"
-    report.write_text(json.dumps(_report(read_model_config(source)).to_dict()))
+    report.write_text(json.dumps(synthetic_report(read_model_config(source)).to_dict()))
     return source, report
 
 

@@ -46,3 +46,44 @@ def test_heads_must_divide_tp_size() -> None:
 def test_override_without_equals_is_rejected() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         load_config(TINY, ["train.steps"])
+
+
+def test_a_mapping_replaces_the_default_and_a_dotted_key_edits_it(tmp_path: Path) -> None:
+    path = tmp_path / "sar.yaml"
+    path.write_text("model:\n  in_chans: {sar_amplitude: 3}\ndata:\n  modalities: [sar_amplitude]\n")
+    assert load_config(path).model.in_chans == {"sar_amplitude": 3}  # not merged into the four defaults
+    assert load_config(TINY, ["model.in_chans={optical: 3}", "data.modalities=[optical]"]).model.in_chans == {
+        "optical": 3
+    }
+    edited = load_config(TINY, ["model.in_chans.optical=5"]).model.in_chans
+    assert edited["optical"] == 5 and len(edited) == 4
+
+
+def test_data_modalities_need_a_patch_embedding() -> None:
+    with pytest.raises(ConfigError, match=r"data.modalities \['sar_complex'\] have no patch embedding"):
+        load_config(TINY, ["data.modalities=[sar_complex]", "model.in_chans={optical: 3}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("prune.strategy=greedy", r"prune.strategy 'greedy' not in"),
+        ("prune.modalities=[radar]", r"prune.modalities: unknown \['radar'\]"),
+        ("prune.calibration_batches=0", r"prune.calibration_batches=0 must be >= 1"),
+        ("prune.collab_experts=[-1,2]", r"prune.collab_experts \[-1, 2\] has a negative count"),
+        ("train.min_lr=0.1", r"train.lr=0.002 and train.min_lr=0.1"),
+    ],
+)
+def test_prune_and_lr_settings_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, [override])
+
+
+def test_cli_takes_overrides_after_options_and_rejects_other_leftovers(capsys) -> None:
+    from ringmoe.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["prune", "a", "b", "--config", str(TINY), "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["prune", "missing_dir", "out", "--config", str(TINY), "prune.budget=1M"]) == 2
+    assert "missing_dir/ringmoe_model.json: missing" in capsys.readouterr().err
