@@ -34,6 +34,9 @@ class ModelConfig:
     modal_experts: list[int] = field(default_factory=lambda: [4, 4])
     collab_experts: list[int] = field(default_factory=lambda: [4, 4])
     shared_expert: bool = True
+    # Per stage, the shared expert's hidden width in multiples of mlp_ratio x width (empty: 1 everywhere). Set by
+    # ``to_dense`` pruning when it folds a routed expert into the shared one.
+    shared_expert_multiple: list[int] = field(default_factory=list)
     capacity_factor: float = 1.2
     min_capacity: int = 4
     aux_loss_coef: float = 0.001
@@ -53,6 +56,12 @@ class ModelConfig:
         for key in ("num_heads", "modal_experts", "collab_experts"):
             if len(getattr(self, key)) != stages:
                 raise ConfigError(f"model.{key} has {len(getattr(self, key))} entries, model.depths has {stages}")
+        if self.shared_expert_multiple and (
+            len(self.shared_expert_multiple) != stages or min(self.shared_expert_multiple) < 1
+        ):
+            raise ConfigError(
+                f"model.shared_expert_multiple {self.shared_expert_multiple}: one integer >= 1 per stage, or empty"
+            )
         unknown = sorted(set(self.in_chans) - set(MODALITIES))
         if unknown:
             raise ConfigError(f"model.in_chans: unknown modalities {unknown}; known: {list(MODALITIES)}")
@@ -68,6 +77,14 @@ class ModelConfig:
         for stage, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**stage) % heads:
                 raise ConfigError(f"model.num_heads[{stage}]={heads} does not divide width {self.embed_dim * 2**stage}")
+
+    def shared_multiple(self, stage: int) -> int:
+        return self.shared_expert_multiple[stage] if self.shared_expert_multiple else 1
+
+    def expert_ffns_per_token(self, stage: int) -> int:
+        """Expert FFNs of width mlp_ratio x width one token runs through in a block of ``stage``."""
+        routed = int(self.modal_experts[stage] > 0) + int(self.collab_experts[stage] > 0)
+        return routed + (self.shared_multiple(stage) if self.shared_expert else 0)
 
 
 @dataclass
@@ -262,6 +279,9 @@ class PruneConfig:
     # Refit each kept expert's output scale on the calibration tokens (see ``ringmoe.prune.rescale``): a pruned
     # router's softmax runs over fewer experts, which raises every kept expert's weight.
     rescale: bool = True
+    # ``to_dense`` only: also fold each block's most important collaborative expert into the dense FFN (which
+    # becomes twice as wide) instead of dropping it; the router goes either way.
+    dense_fold_collab: bool = False
     calibration_batches: int = 16
     calibration_masked: bool = True  # route SimMIM-masked inputs, as in pretraining and the retention check
     eval_batches: int = 8  # held-out batches (after the calibration ones) for the retention check; 0: skip

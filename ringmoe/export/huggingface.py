@@ -40,7 +40,7 @@ _COPIED_MODULES = {
 }
 _ENCODER_KEYS = [
     "img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "in_chans",
-    "modal_experts", "collab_experts", "shared_expert", "capacity_factor", "min_capacity",
+    "modal_experts", "collab_experts", "shared_expert", "shared_expert_multiple", "capacity_factor", "min_capacity",
 ]  # fmt: skip
 
 

@@ -53,6 +53,7 @@ class RingMoEEncoder(nn.Module):
         capacity_factor: float,
         min_capacity: int,
         activation_checkpointing: bool = False,
+        shared_expert_multiple: list[int] | None = None,
         **_: object,
     ) -> None:
         super().__init__()
@@ -87,6 +88,7 @@ class RingMoEEncoder(nn.Module):
                         capacity_factor,
                         min_capacity,
                         name=f"stages.{index}.blocks.{block}.ffn.",
+                        shared_hidden_dim=int(dim * mlp_ratio) * (shared_expert_multiple or [1] * len(depths))[index],
                     ),
                 )
                 for block in range(depth)

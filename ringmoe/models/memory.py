@@ -76,7 +76,6 @@ def memory_per_rank(report: ParameterReport, config, layout: Layout) -> dict[str
 def _activation_bytes(config, layout: Layout) -> float:
     side = config.img_size // config.patch_size
     dim = config.embed_dim
-    active_experts = 2 + int(config.shared_expert)
     stored, largest_block = 0.0, 0.0
     for stage, depth in enumerate(config.depths):
         if stage > 0:
@@ -87,7 +86,9 @@ def _activation_bytes(config, layout: Layout) -> float:
         heads = config.num_heads[stage] / layout.tensor_parallel
         hidden = config.mlp_ratio * dim / layout.tensor_parallel
         attention = 2 * tokens * (6 * dim + 2 * heads * window**2)  # qkv, out, proj in, norms; scores + softmax
-        ffn = 2 * tokens * active_experts * (dim + 2 * hidden)  # expert input; hidden before and after GELU
+        ffn = (
+            2 * tokens * config.expert_ffns_per_token(stage) * (dim + 2 * hidden)
+        )  # expert input; hidden before and after GELU
         block = attention + ffn
         largest_block = max(largest_block, block)
         stored += depth * (2 * tokens * dim if layout.activation_checkpointing else block)

@@ -130,9 +130,12 @@ class HierarchicalMoE(nn.Module):
         capacity_factor: float,
         min_capacity: int,
         name: str = "",
+        shared_hidden_dim: int | None = None,
     ) -> None:
+        """``shared_hidden_dim``: the shared expert's width when it differs from the routed experts' (a pruned
+        model whose dense FFN absorbed a routed expert)."""
         super().__init__()
-        self.shared = FeedForward(dim, hidden_dim) if shared_expert else None
+        self.shared = FeedForward(dim, shared_hidden_dim or hidden_dim) if shared_expert else None
         self.collab = (
             RoutedExperts(f"{name}collab", dim, hidden_dim, collab_experts, capacity_factor, min_capacity)
             if collab_experts

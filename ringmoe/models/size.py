@@ -103,7 +103,7 @@ def forward_flops_per_sample(config) -> dict[str, float]:
         tokens = tokens_side**2
         window = min(config.window_size, tokens_side)
         hidden = int(dim * hidden_ratio)
-        experts_per_token = 2 + int(config.shared_expert)  # one modal + one collaborative (top-1 each) + shared
+        experts_per_token = config.expert_ffns_per_token(stage)  # one modal + one collaborative (top-1) + shared
         routers = config.modal_experts[stage] + config.collab_experts[stage]
         for _ in range(depth):
             flops["attention_linear"] += 2 * tokens * dim * 4 * dim  # qkv (3d^2) and output projection (d^2)

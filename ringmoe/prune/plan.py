@@ -41,6 +41,7 @@ class RouterDecision:
     merged_into: dict[int, int] = field(default_factory=dict)  # removed source expert -> kept source expert
     merge_weights: list[float] = field(default_factory=list)  # gate mass per source expert (merge only)
     scales: list[float] = field(default_factory=list)  # output scale per kept expert, folded into fc2 (empty: 1)
+    fold: bool = False  # the one kept expert joins the shared expert as extra hidden units; the router goes
     reason: str = ""
 
     @property
@@ -77,6 +78,7 @@ class PrunePlan:
                     "removed": d.removed,
                     "merged_into": {str(k): v for k, v in d.merged_into.items()},
                     "output_scales": [round(s, 6) for s in d.scales],
+                    "folded_into_shared": d.fold,
                     "scores": [round(s, 6) for s in d.scores],
                     "reason": d.reason,
                 }
@@ -105,7 +107,14 @@ def pruned_config(source: ModelConfig, prune: PruneConfig, modalities: list[str]
     if prune.strategy == "to_dense":
         if not source.shared_expert:
             raise ConfigError("prune.strategy to_dense keeps the shared expert alone, but model.shared_expert is false")
-        return dataclasses.replace(deployed, modal_experts=[0] * stages, collab_experts=[0] * stages)
+        multiple = [source.shared_multiple(s) + int(prune.dense_fold_collab and source.collab_experts[s] > 0)
+                    for s in range(stages)]  # fmt: skip
+        return dataclasses.replace(
+            deployed,
+            modal_experts=[0] * stages,
+            collab_experts=[0] * stages,
+            shared_expert_multiple=multiple if multiple != [1] * stages else [],
+        )
     if prune.modal_experts or prune.collab_experts:
         counts = {}
         for key in ("modal_experts", "collab_experts"):
@@ -156,6 +165,8 @@ def _describe(router: RouterUsage, decision: RouterDecision, modalities: list[st
         text += f"; removed {decision.removed} ({1 - kept:.0%})"
     if decision.merged_into:
         text += "; merged " + ", ".join(f"{j}->{k}" for j, k in sorted(decision.merged_into.items()))
+    if decision.fold:
+        text += "; folded into the shared expert (no router left)"
     return text
 
 
@@ -176,10 +187,12 @@ def make_plan(report: RoutingReport, source: ModelConfig, prune: PruneConfig) ->
         deployed = router.kind == "collab" or router.modality in modalities
         counts = pruned.collab_experts if router.kind == "collab" else pruned.modal_experts
         keep_count = counts[router.stage] if deployed else 0
+        fold = prune.strategy == "to_dense" and prune.dense_fold_collab and router.kind == "collab"
+        keep_count = 1 if fold else keep_count
         # Highest score first; ties to the lower index, so a plan is reproducible.
         ranked = sorted(range(router.experts), key=lambda e: (-float(scores[e]), e))
         decision = RouterDecision(
-            name, router.kind, router.stage, router.modality, scores.tolist(), sorted(ranked[:keep_count])
+            name, router.kind, router.stage, router.modality, scores.tolist(), sorted(ranked[:keep_count]), fold=fold
         )
         if prune.merge and decision.keep and decision.removed:
             usage = router.total(modalities)

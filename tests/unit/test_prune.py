@@ -301,7 +301,7 @@ def test_plan_errors_name_the_problem(report):
 
 
 def test_fine_tune_config_uses_a_layout_the_counts_allow(report):
-    run = RunConfig(model=CONFIG)
+    run = RunConfig(model=dataclasses.replace(CONFIG))  # validate() fills in derived fields
     run.parallel.expert_parallel_size = 2
     run.validate()
     plan = make_plan(
@@ -310,3 +310,29 @@ def test_fine_tune_config_uses_a_layout_the_counts_allow(report):
     tuned = fine_tune_config(run, plan, Path("pruned"))
     assert tuned.parallel.expert_parallel_size == 1 and tuned.data.modalities == ["optical"]
     assert tuned.train.init_from == "pruned" and tuned.model.modal_experts == [3, 1]
+
+
+def test_to_dense_can_fold_the_best_collaborative_expert_into_the_shared_one(model, report, tmp_path):
+    source = write_consolidated(model, CONFIG, tmp_path / "source")
+    plan = make_plan(report, CONFIG, PruneConfig(strategy="to_dense", dense_fold_collab=True))
+    assert plan.pruned.shared_expert_multiple == [2, 2] and plan.pruned.collab_experts == [0, 0]
+    apply_plan(plan, source, tmp_path / "dense")
+    pruned, config = load_consolidated_model(tmp_path / "dense")
+    assert routed_experts(pruned) == {}
+    assert pruned.encoder.stages[1].blocks[0].ffn.shared.fc1.out_features == 2 * int(64 * CONFIG.mlp_ratio)
+    # The same function as the shared expert plus a one-expert collaborative router (gate 1 for every token).
+    batch = batch_for(CONFIG, seed=4)
+    expected, actual = _forward(_reference_pruned(model, plan), batch), _forward(pruned, batch)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-5)
+    assert "folded into the shared expert" in plan.routers["stages.0.blocks.0.ffn.collab"].reason
+    # The wider dense FFN travels into the HuggingFace export.
+    from transformers import AutoModel
+
+    from ringmoe.export.huggingface import export_huggingface
+
+    export_huggingface(tmp_path / "dense", tmp_path / "hf")
+    exported = AutoModel.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True).eval()
+    assert exported.config.shared_expert_multiple == [2, 2]
+    with torch.no_grad():
+        assert torch.equal(exported(pixel_values=batch.images).last_hidden_state, pruned.encoder(batch).features)

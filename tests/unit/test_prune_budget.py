@@ -47,19 +47,22 @@ def test_budget_below_the_dense_model_and_bad_units_are_errors(full):
         parse_budget("lots")
 
 
-@pytest.mark.parametrize(("strategy", "budget", "target"), [("to_dense", "", 1.06e9), ("modality_aware", "2B", 2e9),
-                                                            ("global", "4B", 4e9)])  # fmt: skip
-def test_plans_for_the_full_model_reach_their_size(full, strategy, budget, target):
-    """The plan (from routing statistics shaped like a calibration's) gives a pruned config of the target size."""
+@pytest.mark.parametrize(
+    ("strategy", "budget", "fold", "target"),
+    [("to_dense", "", False, 1.06e9), ("to_dense", "", True, 1.745e9), ("modality_aware", "2B", False, 2e9),
+     ("global", "4B", False, 4e9)],
+)  # fmt: skip
+def test_plans_for_the_full_model_reach_their_size(full, strategy, budget, fold, target):
+    """The plan (from routing statistics shaped like a calibration's) gives a pruned config of the target size;
+    folding one collaborative expert per block into the dense FFN costs one expert per block."""
     from ringmoe.config.schema import PruneConfig
     from ringmoe.prune.plan import make_plan
     from tests.checkpoint.synthetic import synthetic_report
 
     config, _ = full
-    plan = make_plan(synthetic_report(config), config, PruneConfig(strategy=strategy, budget=budget))
+    prune = PruneConfig(strategy=strategy, budget=budget, dense_fold_collab=fold)
+    plan = make_plan(synthetic_report(config), config, prune)
     assert encoder_parameters(plan.pruned) == pytest.approx(target, rel=0.02)
-    kept = {name: len(d.keep) for name, d in plan.routers.items()}
-    for name, decision in plan.routers.items():
-        stage = decision.stage
+    for decision in plan.routers.values():
         counts = plan.pruned.collab_experts if decision.kind == "collab" else plan.pruned.modal_experts
-        assert kept[name] == counts[stage]
+        assert len(decision.keep) == counts[decision.stage] + int(decision.fold)
