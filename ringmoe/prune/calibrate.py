@@ -184,6 +184,24 @@ class _Recorder:
             stats.affinity += F.one_hot(picked, experts).double().T @ gates[begin:end]
 
 
+def run_hooked(model: nn.Module, batches: Iterable[MultiModalBatch], handles: list, masks_for, device, dtype):
+    """Forward every batch through ``model`` in eval mode (yielding each after its forward), then remove the hook
+    ``handles`` and restore the mode, also when a forward fails. ``masks_for(batch)``: SimMIM masks or None."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            masks = masks_for(batch) if masks_for is not None else None
+            if masks is not None:
+                masks = {m: mask.to(device) for m, mask in masks.items()}
+            model(batch.to(device, dtype), masks)
+            yield batch
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def routed_experts(model: nn.Module) -> dict[str, RoutedExperts]:
     return {m.name: m for m in model.modules() if isinstance(m, RoutedExperts)}
 
@@ -207,21 +225,11 @@ def calibrate(
         if isinstance(module, HierarchicalMoE)
     ]
     handles += [router.register_forward_hook(recorder.router_ran) for router in routed_experts(model).values()]
-    was_training = model.training
-    model.eval()
     samples: dict[str, int] = {}
     count = 0
-    try:
-        for batch in tqdm(batches, total=total, desc="calibrate", unit="batch"):
-            masks = masks_for(batch) if masks_for is not None else None
-            if masks is not None:
-                masks = {m: mask.to(device) for m, mask in masks.items()}
-            model(batch.to(device, dtype), masks)
-            count += 1
-            for modality, size in batch.sizes().items():
-                samples[modality] = samples.get(modality, 0) + size
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    for batch in run_hooked(model, tqdm(batches, total=total, desc="calibrate", unit="batch"), handles, masks_for,
+                            device, dtype):  # fmt: skip
+        count += 1
+        for modality, size in batch.sizes().items():
+            samples[modality] = samples.get(modality, 0) + size
     return RoutingReport(count, samples, recorder.routers)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.models.moe import RoutedExperts
-from ringmoe.prune.calibrate import routed_experts
+from ringmoe.prune.calibrate import routed_experts, run_hooked
 from ringmoe.prune.merge import merge_experts
 from ringmoe.prune.plan import PrunePlan, RouterDecision
 
@@ -88,16 +88,6 @@ def fit_output_scales(
     }
     fit = _Fit(pruned)
     handles = [router.register_forward_hook(fit.router_ran) for name, router in originals.items() if name in pruned]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            masks = masks_for(batch) if masks_for is not None else None
-            if masks is not None:
-                masks = {m: mask.to(device) for m, mask in masks.items()}
-            model(batch.to(device, dtype), masks)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    for _ in run_hooked(model, batches, handles, masks_for, device, dtype):
+        pass
     return fit.scales()
