@@ -91,7 +91,14 @@ def main() -> None:
                     header += f" {label} ({params / 1e6:.2f}M) |"
                 if shared:
                     value, params = _retention(model, shards, root / "p", *base, "prune.strategy=to_dense")
-                    rows["to_dense"] = [f"{value:.3f} ({params / 1e6:.2f}M)", "", ""]
+                    rows["to_dense (shared expert only)"] = [f"{value:.3f} ({params / 1e6:.2f}M)", "", ""]
+                    fold = ("prune.strategy=to_dense", "prune.dense_fold_collab=true")
+                    value, params = _retention(model, shards, root / "p", *base, *fold)
+                    rows["to_dense + best collaborative expert folded in"] = [
+                        f"{value:.3f} ({params / 1e6:.2f}M)",
+                        "",
+                        "",
+                    ]
                 print(header)
                 print("|---" * (len(BUDGETS) + 1) + "|")
                 for name, values in rows.items():
