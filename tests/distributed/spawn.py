@@ -27,8 +27,10 @@ def _entry(fn: Callable, rank: int, world: int, port: int, args: tuple, errors) 
             "OMP_NUM_THREADS": "1",
         }
     )
+    finished = False
     try:
         fn(rank, world, *args)
+        finished = True
     except BaseException:
         errors.put((rank, traceback.format_exc()))
         raise
@@ -36,6 +38,11 @@ def _entry(fn: Callable, rank: int, world: int, port: int, args: tuple, errors) 
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Like the CLI's shutdown: every rank done before the group goes, or a rank still talking to a peer
+            # that is tearing its connections down can abort in gloo (seen once as SIGABRT at exit). Only after
+            # success: a failed rank's peers may never reach the barrier.
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 
