@@ -93,6 +93,14 @@ def prune_checkpoint(
         generator.manual_seed(prune.seed)
         report = calibrate(model, calibration, masks_for, device, dtype, total=len(calibration))
     plan = make_plan(report, run.model, prune)
+    if prune.merge and prune.merge_align:
+        widest = int(max(run.model.embed_dim * 2**s for s in range(len(run.model.depths))) * run.model.mlp_ratio)
+        if widest > 8192:
+            log.warning(
+                "prune.merge_align matches %d hidden units per merge: a %d x %d float64 matrix (%.1f GB) and an "
+                "O(n^3) assignment each time; set prune.merge_align=false to average without matching",
+                widest, widest, widest, widest**2 * 8 / 1e9,
+            )  # fmt: skip
     if prune.rescale and model is not None:
         generator.manual_seed(prune.seed)
         deployed = [restrict(b, plan.modalities) for b in calibration]

@@ -46,7 +46,9 @@ def test_large_checkpoint_prunes_streaming_within_a_memory_bound(large, tmp_path
     hidden = specs["encoder.stages.1.blocks.0.ffn.collab.experts.0.fc1.weight"].shape[0]
     similarity = hidden * hidden * 8
     if merge == "merge":
-        bound = 2 * router + 2 * SHARD + 2 * similarity + 100 * MiB
+        # The matching's working set is ~2.5 similarity matrices (the cost matrix, the units' features, the
+        # solver's own arrays); written tensors wait for the background sha256 (a few tensors) on top.
+        bound = 2 * router + 2 * SHARD + 3 * similarity + 100 * MiB
     else:
         bound = 3 * largest + 2 * SHARD + 100 * MiB
 
