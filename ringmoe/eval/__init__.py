@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: metrics, probes, cross-validation (issue: evaluation harness)."""
