@@ -42,28 +42,32 @@ def synthetic_report(config: ModelConfig, seed: int = 0):
     return RoutingReport(1, {m: 1 for m in config.in_chans}, routers)
 
 
-def write_synthetic_checkpoint(tag_dir: Path, config: ModelConfig, seed: int = 0) -> None:
-    """One file open at a time, so writing a large checkpoint needs the memory of one expert only."""
+def write_synthetic_checkpoint(
+    tag_dir: Path, config: ModelConfig, seed: int = 0, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """One file open at a time, so writing a large checkpoint needs the memory of one expert only. ``state``:
+    the single-device weights to store (a real model's, buffers included) instead of random values."""
     tag_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    module, experts = {}, {}
-    for name, shape in expected_state(config).items():
+    shapes = expected_state(config)
+    module, experts = {}, {}  # DeepSpeed key -> single-device name
+    for name in shapes:
         match = EXPERT.match(name)
         if match:
             prefix, index, rest = match.groups()
             key = f"{prefix}.moe.deepspeed_moe.experts.deepspeed_experts.{index}.{rest}"
-            experts.setdefault(prefix, {}).setdefault(int(index), {})[key] = shape
+            experts.setdefault(prefix, {}).setdefault(int(index), {})[key] = name
         else:
-            module[name.replace(".gate.weight", ".moe.deepspeed_moe.gate.wg.weight")] = shape
+            module[name.replace(".gate.weight", ".moe.deepspeed_moe.gate.wg.weight")] = name
 
-    def random(shape: torch.Size) -> torch.Tensor:
-        return torch.randn(shape, generator=generator)
+    def value(name: str) -> torch.Tensor:
+        return state[name].clone() if state is not None else torch.randn(shapes[name], generator=generator)
 
-    torch.save({"module": {k: random(s) for k, s in module.items()}}, tag_dir / MAIN_FILE)
+    torch.save({"module": {k: value(n) for k, n in module.items()}}, tag_dir / MAIN_FILE)
     for layer, prefix in enumerate(experts):  # DeepSpeed numbers MoE layers in module order
         for index, keys in sorted(experts[prefix].items()):
             path = tag_dir / f"layer_{layer}_expert_{index}_mp_rank_00_model_states.pt"
-            torch.save({k: random(s) for k, s in keys.items()}, path)
+            torch.save({k: value(n) for k, n in keys.items()}, path)
     meta = {"format_version": FORMAT_VERSION, "step": 1, "world_size": 1, "expert_parallel_size": 1}
     atomic_write_json(tag_dir / META_NAME, {**meta, "tensor_parallel_size": 1, "model": to_dict(config)})
 
