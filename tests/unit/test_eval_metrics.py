@@ -98,3 +98,21 @@ def test_stratified_folds_partition_and_balance_the_classes():
         labels.double()[:, None], labels, folds, lambda tx, ty, vx, vy: float((vx[:, 0] == vy).double().mean())
     )
     assert result.scores == [1.0, 1.0] and result.mean == 1.0 and result.std == 0.0
+
+
+def test_results_table_and_confusion_png(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from ringmoe.eval.report import Result, confusion_png, write_results
+
+    rows = [Result("scenes (kNN)", "random init", "accuracy", 0.5, 0.1, 12, 3, 0.25)]
+    table = write_results(rows, tmp_path).read_text()
+    assert "| scenes (kNN) | random init | accuracy | 0.500 ± 0.100 | 0.250 | 12 | 3 |" in table
+    assert json.loads((tmp_path / "results.json").read_text())[0]["n"] == 12
+    path = confusion_png(torch.tensor([[3, 1], [0, 4]]), ["water", "forest"], tmp_path / "confusion.png")
+    with Image.open(path) as image:
+        image.load()
+        assert image.size[0] > 32 and image.size[1] >= 32
+        assert len(image.getcolors(maxcolors=4096) or []) > 2  # cells of different shades, not a blank image

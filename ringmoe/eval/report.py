@@ -1,0 +1,44 @@
+"""Results of an evaluation as a table (markdown for people, JSON for tools) and plots as PNGs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ringmoe.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ringmoe.train.callbacks import heatmap_png
+
+
+@dataclass
+class Result:
+    task: str  # e.g. "bigearthnet multi-label (linear probe)"
+    encoder: str  # FrozenEncoder.name
+    metric: str  # e.g. "mAP"
+    mean: float
+    std: float  # over cross-validation folds (0 for a single split)
+    n: int  # labelled samples scored
+    folds: int
+    chance: float  # the score of guessing (majority class, or label frequency for mAP)
+
+
+def write_results(results: list[Result], out_dir: Path) -> Path:
+    """``results.json`` and ``results.md``: one row per task, encoder and metric, with n and chance beside the
+    score so that a small set's numbers read for what they are."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "results.json", [asdict(r) for r in results])
+    lines = ["| task | encoder | metric | score (mean ± std) | chance | n | folds |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r.task} | {r.encoder} | {r.metric} | {r.mean:.3f} ± {r.std:.3f} | {r.chance:.3f} | {r.n} | {r.folds} |"
+        for r in results
+    ]
+    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    return out_dir / "results.md"
+
+
+def confusion_png(confusion: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    """Row-normalized confusion matrix (true class per row), labelled by class."""
+    support = confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    atomic_write_bytes(path, heatmap_png(confusion.double() / support, class_names, cell=16))
+    return path
