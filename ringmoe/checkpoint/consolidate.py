@@ -217,13 +217,19 @@ def load_consolidated_model(directory: Path) -> tuple[torch.nn.Module, ModelConf
     config = read_model_config(directory)
     model = meta_model(config)
     state = dict(iter_sharded(directory))
-    expected = model.state_dict()
-    wrong = sorted(n for n in set(state) & set(expected) if state[n].shape != expected[n].shape)
-    if set(state) != set(expected) or wrong:
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise CheckpointError(
-            f"{directory}: tensors do not match {MODEL_CONFIG_NAME}: missing {missing[:3]}, unexpected {extra[:3]}, "
-            f"wrong shape {wrong[:3]}"
-        )
+    mismatch = state_mismatch(
+        {n: t.shape for n, t in state.items()}, {n: t.shape for n, t in model.state_dict().items()}
+    )
+    if mismatch:
+        raise CheckpointError(f"{directory}: tensors do not match {MODEL_CONFIG_NAME}: {mismatch}")
     model.load_state_dict(state, assign=True)
     return model, config
+
+
+def state_mismatch(shapes: dict[str, tuple], expected: dict[str, tuple]) -> str:
+    """How tensor names and shapes differ from what a model expects ("" when they agree), a few of each kind."""
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = sorted(n for n in set(shapes) & set(expected) if tuple(shapes[n]) != tuple(expected[n]))
+    if not (missing or extra or wrong):
+        return ""
+    return f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}"

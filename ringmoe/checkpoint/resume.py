@@ -103,10 +103,10 @@ def check_init_from(init_from: Path, config: RunConfig) -> None:
         )
 
 
-def initial_model(init_from: Path, config: RunConfig) -> torch.nn.Module:
-    """The single-device model with the weights of a consolidated (or pruned) directory, to start a run from."""
+def initial_model(init_from: Path) -> torch.nn.Module:
+    """The single-device model with the weights of a consolidated (or pruned) directory, to start a run from
+    (``check_init_from`` first: the trainer runs it before any process group starts)."""
     from ringmoe.checkpoint.consolidate import load_consolidated_model
 
-    check_init_from(init_from, config)
     model, _ = load_consolidated_model(init_from)
     return model.float()  # the engine casts to bf16/fp16 itself; fp32 master weights start from these values

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, expected_state
+from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, expected_state, state_mismatch
 from ringmoe.checkpoint.safetensors_io import TensorSpec, iter_sharded, sharded_specs, write_sharded_stream
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json
@@ -174,16 +174,9 @@ def apply_plan(plan: PrunePlan, consolidated: Path, out_dir: Path, max_shard_byt
     specs = sharded_specs(consolidated)
     items = _plan_items(specs, plan)
     out_specs = [spec for item in items for spec in item.outputs]
-    expected = expected_state(plan.pruned)
-    produced = {spec.name: tuple(spec.shape) for spec in out_specs}
-    if produced != {name: tuple(shape) for name, shape in expected.items()}:
-        extra = sorted(set(produced) - set(expected))
-        missing = sorted(set(expected) - set(produced))
-        wrong = sorted(n for n in set(produced) & set(expected) if produced[n] != tuple(expected[n]))
-        raise CheckpointError(
-            f"{consolidated}: the pruned tensors do not match the pruned model: missing {missing[:3]}, "
-            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}"
-        )
+    mismatch = state_mismatch({spec.name: spec.shape for spec in out_specs}, expected_state(plan.pruned))
+    if mismatch:
+        raise CheckpointError(f"{consolidated}: the pruned tensors do not match the pruned model: {mismatch}")
     metadata = {"format": "ringmoe-consolidated", "pruned_from": consolidated.name, "strategy": plan.strategy}
     write_sharded_stream(out_specs, _stream(items, iter_sharded(consolidated)), out_dir, metadata, max_shard_bytes)
     atomic_write_json(out_dir / MODEL_CONFIG_NAME, to_dict(plan.pruned))

@@ -163,8 +163,7 @@ class _Recorder:
         usage = self.routers[module.name]
         tokens, routed = args[0], output[0]
         if usage.kind == "modal":
-            present = [(m, b, e) for m, b, e in self.spans if m == usage.modality]
-            if not present:
+            if not any(m == usage.modality for m, _, _ in self.spans):
                 return  # the one zero token that keeps collectives in step for an absent modality
             spans = [(usage.modality, 0, tokens.shape[0])]
         else:

@@ -71,7 +71,7 @@ def train(config: RunConfig) -> TrainResult:
     started = time.perf_counter()
 
     if config.train.init_from and resume_from is None:
-        single_device = initial_model(Path(config.train.init_from), config)  # e.g. fine-tuning a pruned model
+        single_device = initial_model(Path(config.train.init_from))  # e.g. fine-tuning a pruned model
     else:
         single_device = build_model(config.model, seed=config.train.seed)
     model = parallelize(single_device, topology, config.parallel.expert_parallel_size)
