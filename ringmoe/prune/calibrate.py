@@ -125,20 +125,28 @@ class RoutingReport:
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "RoutingReport":
-        if data.get("format") != REPORT_FORMAT or data.get("version") != REPORT_VERSION:
+        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT or data.get("version") != REPORT_VERSION:
+            found = (data.get("format"), data.get("version")) if isinstance(data, dict) else (type(data).__name__, None)
             raise CheckpointError(
-                f"{where}: not a routing report (format {data.get('format')!r} version {data.get('version')!r}, "
+                f"{where}: not a routing report (format {found[0]!r} version {found[1]!r}, "
                 f"expected {REPORT_FORMAT!r} version {REPORT_VERSION})"
             )
-        routers = {}
-        for entry in data["routers"]:
-            usage = {
-                m: ExpertUsage.from_dict(u, f"{where}: {entry['name']}.{m}") for m, u in entry["by_modality"].items()
-            }
-            routers[entry["name"]] = RouterUsage(
-                entry["name"], entry["stage"], entry["block"], entry["kind"], entry["modality"], entry["experts"], usage
-            )
-        return cls(int(data["batches"]), dict(data["samples"]), routers)
+        try:
+            routers = {}
+            for entry in data["routers"]:
+                usage = {
+                    m: ExpertUsage.from_dict(u, f"{where}: {entry['name']}.{m}")
+                    for m, u in entry["by_modality"].items()
+                }
+                routers[entry["name"]] = RouterUsage(
+                    entry["name"], entry["stage"], entry["block"], entry["kind"], entry["modality"], entry["experts"],
+                    usage,
+                )  # fmt: skip
+            return cls(int(data["batches"]), dict(data["samples"]), routers)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{where}: routing report is incomplete or malformed ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 class _Recorder:

@@ -107,6 +107,12 @@ def test_report_json_round_trip(report, tmp_path):
             assert torch.equal(again.routers[name].by_modality[modality].contribution, usage.contribution)
     with pytest.raises(CheckpointError, match="bad.json: not a routing report"):
         RoutingReport.from_dict({"format": "other"}, "bad.json")
+    with pytest.raises(CheckpointError, match="list.json: not a routing report"):
+        RoutingReport.from_dict([], "list.json")
+    truncated = report.to_dict()
+    del truncated["routers"][0]["by_modality"]
+    with pytest.raises(CheckpointError, match="cut.json: routing report is incomplete or malformed .KeyError"):
+        RoutingReport.from_dict(truncated, "cut.json")
 
 
 def _reference_pruned(model: nn.Module, plan) -> nn.Module:
