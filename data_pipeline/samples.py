@@ -60,14 +60,12 @@ class TileSettings:
     standardize: dict[str, list[list[float]]] = field(default_factory=dict)  # source -> [mean, std]
 
 
-def _read_normalized(reader, window, sensor: SensorSpec, tiles: TileSettings):
+def read_normalized(reader, window, sensor: SensorSpec, standardize=None):
     """Image, valid mask (the scene's invalid mask applied) and the count of non-finite raw pixels of one
-    window of a scene on its own grid."""
+    window of a scene on its own grid (the evaluation adapters read labelled rasters through this too)."""
     raw = reader.read(window)
     nonfinite = int(np.count_nonzero(~np.isfinite(raw).all(axis=0)))
-    image, valid = normalize(
-        raw, sensor, reader.file_nodata(), reader.invalid(window), tiles.standardize.get(sensor.name)
-    )
+    image, valid = normalize(raw, sensor, reader.file_nodata(), reader.invalid(window), standardize)
     return image, valid, nonfinite
 
 
@@ -160,7 +158,7 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
     with open_scene(scene, sensor) as reader:
         for window in _windows(reader, tiles, start):
             try:
-                image, valid, nonfinite = _read_normalized(reader, window, sensor, tiles)
+                image, valid, nonfinite = read_normalized(reader, window, sensor, tiles.standardize.get(sensor.name))
             except DataError as exc:
                 yield Quarantined(str(scene.path), str(exc))
                 continue
@@ -202,7 +200,9 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
             try:
                 for (scene, sensor, when), reader in zip(group.members, readers):
                     if reader is ref:
-                        image, valid, _ = _read_normalized(ref, window, ref_sensor, tiles)
+                        image, valid, _ = read_normalized(
+                            ref, window, ref_sensor, tiles.standardize.get(ref_sensor.name)
+                        )
                     else:
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
                         image, valid = normalize(raw, sensor, standardize=tiles.standardize.get(sensor.name))
@@ -265,7 +265,7 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
                         for t, raw in enumerate(raws)
                     ]
                 else:
-                    steps = [_read_normalized(ref, window, sensor, tiles)[:2]]
+                    steps = [read_normalized(ref, window, sensor, tiles.standardize.get(sensor.name))[:2]]
                     for reader in readers[1:]:
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
                         steps.append(normalize(raw, sensor, standardize=stats))

@@ -59,7 +59,9 @@ class ModelOutput:
 
     ``features``: final-stage feature map ``(B, C, h, w)`` with modalities stacked on the batch axis in
     ``modality_sizes`` order; ``aux_loss``: summed load-balancing loss of all routers (unweighted);
-    ``router_stats``: one entry per router per block.
+    ``router_stats``: one entry per router per block; ``stage_features``: every stage's output map
+    ``(B, C_s, h_s, w_s)``, finest first, the last one ``features`` (multi-scale heads such as segmentation
+    decoders read them).
     """
 
     features: torch.Tensor
@@ -67,6 +69,7 @@ class ModelOutput:
     aux_loss: torch.Tensor
     z_loss: torch.Tensor | None = None  # summed router z-losses (unweighted)
     router_stats: list[RouterStats] = field(default_factory=list)
+    stage_features: list[torch.Tensor] = field(default_factory=list)
 
     def split(self) -> dict[str, torch.Tensor]:
         """Features per modality, undoing the batch-axis stacking."""

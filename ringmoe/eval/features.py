@@ -6,10 +6,13 @@
 - a consolidated or pruned directory (``ringmoe_model.json``);
 - a HuggingFace export (``config.json`` with ``model_type: ringmoe``), loaded with ``transformers`` exactly as a
   downstream user would;
-- ``random:<model yaml>[@seed]``: the same architecture at its initialization, the reference every score needs.
+- ``random:<model yaml>[@seed]``: the same architecture at its initialization, the reference every score needs;
+- ``pixels[:<size>]``: no encoder at all, the band means of 4 and 8 px cells (what a probe gets from raw pixels);
+- ``timm:<model name>``: an ImageNet-pretrained timm backbone on the RGB bands, when timm is installed.
 
-Each becomes a ``FrozenEncoder``: ``features(batch)`` is the final feature map, ``pooled(batch)`` its spatial
-mean, both in eval mode without gradients.
+Each becomes a ``FrozenEncoder``: ``stages(images, modality)`` gives the multi-scale feature maps (finest first),
+``features`` the last of them, ``pooled`` its spatial mean, all in eval mode without gradients. Inputs must be
+``img_size`` square; ``pooled_features`` and ``dense_features`` fit images of any size to it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, load_consolidated_model, read_deepspeed_checkpoint
 from ringmoe.checkpoint.save import META_NAME
 from ringmoe.config.schema import load_model_config
 from ringmoe.core.batch import MultiModalBatch
-from ringmoe.core.errors import CheckpointError
+from ringmoe.core.errors import CheckpointError, RingMoEError
+from ringmoe.core.modalities import MODALITIES
 from ringmoe.models.build import build_model
+
+
+class EncoderUnavailable(RingMoEError):
+    """A baseline that cannot run here (library missing, modality it has no input for); the report says why."""
 
 
 @dataclass
@@ -34,18 +43,54 @@ class FrozenEncoder:
     name: str
     modalities: list[str]
     module: nn.Module
+    img_size: int
     huggingface: bool = False  # a transformers model: called with pixel_values
 
     @torch.no_grad()
-    def features(self, batch: MultiModalBatch) -> torch.Tensor:
-        """(B, C, h, w), modalities stacked on the batch axis in the canonical order."""
+    def stages(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        """Feature maps (B, C_s, h_s, w_s) of every stage, finest first, for one modality's images."""
+        if modality not in self.modalities:
+            raise EncoderUnavailable(f"{self.name} has no input for modality {modality!r} (has {self.modalities})")
         self.module.eval()
         if self.huggingface:
-            return self.module(pixel_values=batch.images).last_hidden_state
-        return self.module(batch).features
+            return list(self.module(pixel_values={modality: images}, output_hidden_states=True).hidden_states)
+        if isinstance(self.module, (PixelStatistics, TimmBackbone)):
+            return self.module(images, modality)
+        return self.module(MultiModalBatch({modality: images})).stage_features
 
-    def pooled(self, batch: MultiModalBatch) -> torch.Tensor:
-        return self.features(batch).mean(dim=(2, 3))
+    def features(self, images: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.stages(images, modality)[-1]
+
+    def pooled(self, images: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.features(images, modality).mean(dim=(2, 3))
+
+
+class PixelStatistics(nn.Module):
+    """The no-encoder reference: each channel's mean over 4 and 8 px cells."""
+
+    def forward(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        return [F.avg_pool2d(images, 4), F.avg_pool2d(images, 8)]
+
+
+class TimmBackbone(nn.Module):
+    """An ImageNet backbone from timm on the RGB bands (optical as is; multispectral B04, B03, B02), with
+    ImageNet normalization of the reflectance; SAR has no RGB, so those tasks are skipped for it."""
+
+    RGB_CHANNELS = {"optical": [0, 1, 2], "multispectral": [2, 1, 0]}
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        try:
+            import timm
+        except Exception as exc:  # torchvision beside a CPU torch build fails at import with various errors
+            raise EncoderUnavailable(f"timm:{name}: timm is not importable here ({type(exc).__name__}: {exc})")
+        self.backbone = timm.create_model(name, pretrained=True, features_only=True)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        rgb = images[:, self.RGB_CHANNELS[modality]].clamp(0, 1)
+        return list(self.backbone((rgb - self.mean) / self.std))
 
 
 def load_encoder(source: str | Path) -> FrozenEncoder:
@@ -54,25 +99,76 @@ def load_encoder(source: str | Path) -> FrozenEncoder:
         spec, _, seed = text.removeprefix("random:").partition("@")
         config = load_model_config(spec)
         model = build_model(config, seed=int(seed or 0))
-        return FrozenEncoder(f"random init ({Path(spec).stem}, seed {seed or 0})", list(config.in_chans), model.encoder)
+        name = f"random init ({Path(spec).stem}, seed {seed or 0})"
+        return FrozenEncoder(name, list(config.in_chans), model.encoder, config.img_size)
+    if text == "pixels" or text.startswith("pixels:"):
+        size = int(text.partition(":")[2] or 64)
+        return FrozenEncoder(f"pixel statistics ({size} px)", list(MODALITIES), PixelStatistics(), size)
+    if text.startswith("timm:"):
+        return FrozenEncoder(text, ["optical", "multispectral"], TimmBackbone(text.removeprefix("timm:")), 224)
     path = Path(source)
     if (path / META_NAME).is_file():
         state, config = read_deepspeed_checkpoint(path)
         model = build_model(config)
         model.load_state_dict(state)
-        return FrozenEncoder(f"checkpoint {path.name}", list(config.in_chans), model.encoder)
+        return FrozenEncoder(f"checkpoint {path.name}", list(config.in_chans), model.encoder, config.img_size)
     if (path / MODEL_CONFIG_NAME).is_file():
         model, config = load_consolidated_model(path)
-        return FrozenEncoder(f"consolidated {path.name}", list(config.in_chans), model.encoder)
+        return FrozenEncoder(f"consolidated {path.name}", list(config.in_chans), model.encoder, config.img_size)
     if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get(
         "model_type"
     ) == "ringmoe":
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(str(path), trust_remote_code=True)
-        return FrozenEncoder(f"huggingface {path.name}", list(model.config.in_chans), model, huggingface=True)
+        modalities = list(model.config.in_chans)
+        return FrozenEncoder(f"huggingface {path.name}", modalities, model, model.config.img_size, huggingface=True)
     raise CheckpointError(
         f"{source}: not an encoder source; expected a DeepSpeed checkpoint ({META_NAME}), a consolidated or pruned "
-        f"directory ({MODEL_CONFIG_NAME}), a HuggingFace export (config.json, model_type ringmoe) or "
-        "random:<model yaml>[@seed]"
+        f"directory ({MODEL_CONFIG_NAME}), a HuggingFace export (config.json, model_type ringmoe), "
+        "random:<model yaml>[@seed], pixels[:<size>] or timm:<model name>"
     )
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _tile_starts(length: int, size: int) -> list[int]:
+    """Window starts covering ``length`` with windows of ``size``, the last flush with the end."""
+    starts = list(range(0, length - size + 1, size))
+    return starts if starts[-1] == length - size else starts + [length - size]
+
+
+def _fitted_views(images: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Images larger than ``size`` become the covering ``size`` windows; smaller ones are resized up to it."""
+    height, width = images.shape[-2:]
+    if height < size or width < size:
+        return [_resize(images, size)]
+    return [
+        images[..., y : y + size, x : x + size] for y in _tile_starts(height, size) for x in _tile_starts(width, size)
+    ]
+
+
+def pooled_features(encoder: FrozenEncoder, images: torch.Tensor, modality: str, batch_size: int) -> torch.Tensor:
+    """(N, C): the pooled features of an image's windows averaged (a 120 px BigEarthNet patch is four 64 px
+    windows), or of the image resized up to the encoder's input when it is smaller."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        views = _fitted_views(images[start : start + batch_size], encoder.img_size)
+        out.append(torch.stack([encoder.pooled(view, modality) for view in views]).mean(dim=0))
+    return torch.cat(out).double()
+
+
+def dense_features(encoder: FrozenEncoder, images: torch.Tensor, modality: str, batch_size: int) -> torch.Tensor:
+    """(N, sum C_s, H, W): every stage's map, computed on the image resized to the encoder's input and brought
+    back to the image's own H x W (bilinear), concatenated (the input of a linear segmentation decoder)."""
+    height, width = images.shape[-2:]
+    out = []
+    for start in range(0, len(images), batch_size):
+        maps = encoder.stages(_resize(images[start : start + batch_size], encoder.img_size), modality)
+        up = [F.interpolate(m.float(), size=(height, width), mode="bilinear", align_corners=False) for m in maps]
+        out.append(torch.cat(up, dim=1))
+    return torch.cat(out).double()

@@ -86,27 +86,46 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[to
 
 @dataclass
 class CrossValidation:
-    scores: list[float]  # one per fold
+    """Scores of one metric, one per fold; a fold where the metric is undefined (NaN: e.g. F1 of a class absent
+    from its test set and never predicted) is left out of the mean and std."""
+
+    scores: list[float]
+
+    def _defined(self) -> torch.Tensor:
+        values = torch.tensor(self.scores, dtype=torch.float64)
+        return values[~values.isnan()]
 
     @property
     def mean(self) -> float:
-        return float(torch.tensor(self.scores, dtype=torch.float64).mean())
+        defined = self._defined()
+        return float(defined.mean()) if len(defined) else float("nan")
 
     @property
     def std(self) -> float:
-        return float(torch.tensor(self.scores, dtype=torch.float64).std(unbiased=False)) if self.scores else 0.0
+        defined = self._defined()
+        return float(defined.std(unbiased=False)) if len(defined) else float("nan")
 
 
-def cross_validate(
+def out_of_fold(
     features: torch.Tensor,
     labels: torch.Tensor,
     folds: list[torch.Tensor],
-    score_fold: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], float],
-) -> CrossValidation:
-    """``score_fold(train_x, train_y, test_x, test_y) -> score`` on each fold (test) and the rest (train)."""
-    scores = []
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(test indices, predict(train_x, train_y, test_x))`` for each fold (test) against the rest (train)."""
     every = torch.arange(len(labels))
+    predictions = []
     for test in folds:
         train = every[~torch.isin(every, test)]
-        scores.append(score_fold(features[train], labels[train], features[test], labels[test]))
-    return CrossValidation(scores)
+        predictions.append((test, predict(features[train], labels[train], features[test])))
+    return predictions
+
+
+def group_folds(strata: torch.Tensor, groups: torch.Tensor, folds: int, seed: int = 0) -> list[torch.Tensor]:
+    """Test indices of each fold with every group's samples in one fold (tiles of one place on several dates
+    never train and test together); groups are stratified by their most common stratum. At most one fold per
+    group."""
+    unique, inverse = groups.unique(return_inverse=True)
+    group_strata = torch.stack([strata[inverse == g].mode().values for g in range(len(unique))])
+    members = stratified_folds(group_strata, min(folds, len(unique)), seed)
+    return [torch.nonzero(torch.isin(inverse, fold)).flatten() for fold in members]

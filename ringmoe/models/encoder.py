@@ -117,6 +117,7 @@ class RingMoEEncoder(nn.Module):
         x = self.embed(batch, masks)
         router_losses = x.new_zeros(len(ROUTER_LOSSES), dtype=torch.float32)
         stats: list[RouterStats] = []
+        stage_outputs = []
         for stage in self.stages:
             if stage.downsample is not None:
                 x = stage.downsample(x)
@@ -129,9 +130,18 @@ class RingMoEEncoder(nn.Module):
                     x, block_aux, block_stats = block(x, sizes)
                 router_losses = router_losses + block_aux
                 stats.extend(block_stats)
+            stage_outputs.append(x)
         features = self.norm(x).permute(0, 3, 1, 2).contiguous()
+        stage_features = [s.permute(0, 3, 1, 2) for s in stage_outputs[:-1]] + [features]
         balance, z_loss = router_losses.unbind(0)
-        return ModelOutput(features=features, modality_sizes=sizes, aux_loss=balance, z_loss=z_loss, router_stats=stats)
+        return ModelOutput(
+            features=features,
+            modality_sizes=sizes,
+            aux_loss=balance,
+            z_loss=z_loss,
+            router_stats=stats,
+            stage_features=stage_features,
+        )
 
     def forward(self, batch: MultiModalBatch, masks: dict[str, torch.Tensor] | None = None) -> ModelOutput:
         return self.forward_features(batch, masks)

@@ -29,9 +29,12 @@ def test_checkpoint_consolidated_and_huggingface_sources_agree(tmp_path):
     batch = batch_for(config, seed=1)
     sources = [load_encoder(tag), load_encoder(consolidated), load_encoder(hf)]
     assert [s.huggingface for s in sources] == [False, False, True]
-    pooled = [s.pooled(batch) for s in sources]
-    assert pooled[0].shape == (8, config.embed_dim * 2)
-    assert torch.equal(pooled[0], pooled[1]) and torch.equal(pooled[1], pooled[2])
+    for modality, images in batch.images.items():
+        stages = [s.stages(images, modality) for s in sources]
+        assert [m.shape[1] for m in stages[0]] == [config.embed_dim * 2**i for i in range(len(config.depths))]
+        for other in stages[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(stages[0], other))
+        assert sources[0].pooled(images, modality).shape == (len(images), config.embed_dim * 2)
 
 
 def test_random_baseline_is_reproducible_by_seed():
@@ -39,7 +42,24 @@ def test_random_baseline_is_reproducible_by_seed():
     batch = batch_for(ModelConfig(), seed=0)
     a, b, c = load_encoder(f"random:{spec}@3"), load_encoder(f"random:{spec}@3"), load_encoder(f"random:{spec}@4")
     assert "random init" in a.name and a.modalities == list(ModelConfig().in_chans)
-    assert torch.equal(a.pooled(batch), b.pooled(batch)) and not torch.equal(a.pooled(batch), c.pooled(batch))
+    images = batch.images["optical"]
+    assert torch.equal(a.pooled(images, "optical"), b.pooled(images, "optical"))
+    assert not torch.equal(a.pooled(images, "optical"), c.pooled(images, "optical"))
+
+
+def test_pixel_baseline_and_missing_timm_are_explicit():
+    from ringmoe.eval.features import EncoderUnavailable
+
+    pixels = load_encoder("pixels:32")
+    maps = pixels.stages(torch.ones(2, 3, 32, 32), "optical")
+    assert [tuple(m.shape) for m in maps] == [(2, 3, 8, 8), (2, 3, 4, 4)] and pixels.img_size == 32
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        with pytest.raises(EncoderUnavailable, match="timm:resnet18: timm is not importable"):
+            load_encoder("timm:resnet18")
+    else:
+        pytest.skip("timm is importable here; its ImageNet weights need a download")
 
 
 def test_an_unknown_source_is_named(tmp_path):

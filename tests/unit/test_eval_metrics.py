@@ -16,7 +16,7 @@ from ringmoe.eval.metrics import (
     iou_per_class,
     mean_average_precision,
 )
-from ringmoe.eval.probe import cross_validate, knn_scores, linear_probe, stratified_folds
+from ringmoe.eval.probe import CrossValidation, group_folds, knn_scores, linear_probe, out_of_fold, stratified_folds
 
 
 def test_confusion_accuracy_and_balanced_accuracy_by_hand():
@@ -94,10 +94,25 @@ def test_stratified_folds_partition_and_balance_the_classes():
     for fold in folds:
         assert torch.bincount(labels[fold], minlength=3).tolist() == [3, 2, 1]
     assert [f.tolist() for f in folds] == [f.tolist() for f in stratified_folds(labels, 2, seed=3)]
-    result = cross_validate(
-        labels.double()[:, None], labels, folds, lambda tx, ty, vx, vy: float((vx[:, 0] == vy).double().mean())
+    # A predictor that sees only its training fold: the majority class of the training labels.
+    predictions = out_of_fold(
+        labels.double()[:, None], labels, folds, lambda tx, ty, vx: ty.mode().values.expand(len(vx))
     )
-    assert result.scores == [1.0, 1.0] and result.mean == 1.0 and result.std == 0.0
+    result = CrossValidation([float((p == labels[test]).double().mean()) for test, p in predictions])
+    assert result.scores == [0.5, 0.5] and result.mean == 0.5 and result.std == 0.0
+
+
+def test_group_folds_keep_a_group_in_one_fold_and_stratify_groups():
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5])
+    strata = torch.tensor([1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0])  # group majorities: 1, 1, 0, 0, 1, 0
+    folds = group_folds(strata, groups, 3, seed=1)
+    assert sorted(torch.cat(folds).tolist()) == list(range(12))
+    for fold in folds:
+        members = set(groups[fold].tolist())
+        assert all(set(torch.nonzero(groups == g).flatten().tolist()) <= set(fold.tolist()) for g in members)
+        majorities = [int(strata[groups == g].mode().values) for g in members]
+        assert sorted(majorities) == [0, 1]  # 3 groups of each majority: one of each per fold
+    assert len(group_folds(strata, groups, 10)) == 6  # never more folds than groups
 
 
 def test_results_table_and_confusion_png(tmp_path):

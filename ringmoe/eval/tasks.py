@@ -1,0 +1,227 @@
+"""The four frozen-encoder tasks. Each cross-validates over folds that keep a place's samples together and scores
+a reference predictor (majority class, label frequency, "all changed") through the same folds as the chance
+level. The encoder is never trained: probes and decoders fit on its features only.
+
+- ``scene``: linear probe (logistic regression) and weighted kNN on pooled features; accuracy, balanced accuracy.
+- ``multilabel``: per-class sigmoid probe on pooled features; macro mAP and sample-averaged mAP.
+- ``segmentation``: linear decoder (per-pixel logistic regression) on every stage's map upsampled to the label
+  grid and concatenated; mIoU and pixel accuracy.
+- ``change``: the same decoder on |features(after) - features(before)|; F1 and IoU of the changed class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ringmoe.eval.datasets import IGNORE, LabelledSet
+from ringmoe.eval.features import FrozenEncoder, dense_features, pooled_features
+from ringmoe.eval.metrics import (
+    accuracy,
+    balanced_accuracy,
+    confusion_matrix,
+    f1_per_class,
+    iou_per_class,
+    mean_average_precision,
+    nanmean,
+)
+from ringmoe.eval.probe import CrossValidation, group_folds, knn_scores, linear_probe, out_of_fold
+from ringmoe.eval.report import Result
+
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalSettings:
+    folds: int = 3
+    seed: int = 0
+    knn_k: int = 5
+    weight_decay: float = 1e-3
+    batch_size: int = 16
+    max_train_pixels: int = 100_000  # per fold, drawn with the seed
+
+
+@dataclass
+class TaskOutcome:
+    results: list[Result]
+    class_names: list[str]
+    per_class: dict[str, list[float]] = field(default_factory=dict)  # e.g. "F1 (linear probe)" -> per class
+    confusion: Optional[torch.Tensor] = None  # out-of-fold [true, predicted] counts of the main predictor
+    pooled: Optional[torch.Tensor] = None  # (N, C) for the embedding plots
+    colour: list[str] = field(default_factory=list)  # label name per pooled sample
+
+
+def _folds(data: LabelledSet, settings: EvalSettings) -> list[torch.Tensor]:
+    if data.kind == "scene":
+        strata = data.labels
+    elif data.kind in ("segmentation", "change"):
+        strata = torch.stack([_majority(m) for m in data.labels])
+    else:
+        strata = torch.zeros(len(data), dtype=torch.long)
+    return group_folds(strata, data.groups, settings.folds, settings.seed)
+
+
+def _majority(pixels: torch.Tensor) -> torch.Tensor:
+    scored = pixels[pixels != IGNORE]
+    return scored.mode().values if len(scored) else torch.tensor(IGNORE)
+
+
+def _result(task: str, encoder: FrozenEncoder, metric: str, scores: CrossValidation, chance: CrossValidation, n: int):
+    return Result(task, encoder.name, metric, scores.mean, scores.std, n, len(scores.scores), chance.mean)
+
+
+def _per_fold(predictions, labels, score: Callable[[torch.Tensor, torch.Tensor], float]) -> CrossValidation:
+    return CrossValidation([score(predicted, labels[test]) for test, predicted in predictions])
+
+
+def _pooled(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> torch.Tensor:
+    return pooled_features(encoder, data.images, data.modality, settings.batch_size)
+
+
+def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+    features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
+    folds = _folds(data, settings)
+    predictors: dict[str, Predict] = {
+        "linear probe": lambda tx, ty, vx: linear_probe(
+            tx, ty, vx, classes, weight_decay=settings.weight_decay, seed=settings.seed
+        ).argmax(1),
+        "kNN": lambda tx, ty, vx: knn_scores(tx, ty, vx, classes, k=settings.knn_k).argmax(1),
+    }
+    majority = out_of_fold(features, labels, folds, lambda tx, ty, vx: ty.mode().values.expand(len(vx)))
+    results, per_class, confusion = [], {}, None
+    for name, predict in predictors.items():
+        predictions = out_of_fold(features, labels, folds, predict)
+        for metric, score in (("accuracy", accuracy), ("balanced accuracy", balanced_accuracy)):
+
+            def fold_score(predicted, target, score=score):
+                return score(confusion_matrix(predicted, target, classes))
+
+            results.append(
+                _result(
+                    f"{data.name} ({name})",
+                    encoder,
+                    metric,
+                    _per_fold(predictions, labels, fold_score),
+                    _per_fold(majority, labels, fold_score),
+                    len(data),
+                )
+            )
+        pooled_confusion = sum(confusion_matrix(p, labels[t], classes) for t, p in predictions)
+        per_class[f"F1 ({name})"] = f1_per_class(pooled_confusion).tolist()
+        confusion = pooled_confusion if confusion is None else confusion
+    colour = [data.class_names[int(c)] for c in labels]
+    return TaskOutcome(results, data.class_names, per_class, confusion, features, colour)
+
+
+def multilabel_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+    features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
+    folds = _folds(data, settings)
+    probe = out_of_fold(
+        features,
+        labels,
+        folds,
+        lambda tx, ty, vx: linear_probe(
+            tx, ty, vx, classes, multi_label=True, weight_decay=settings.weight_decay, seed=settings.seed
+        ),
+    )
+    prior = out_of_fold(features, labels, folds, lambda tx, ty, vx: ty.mean(dim=0).expand(len(vx), -1))
+    metrics = {
+        "mAP (macro, classes with a positive)": lambda s, t: mean_average_precision(s, t)[0],
+        "mAP (sample-averaged)": lambda s, t: mean_average_precision(s.T, t.T)[0],
+    }
+    task = f"{data.name} (linear probe)"
+    results = [
+        _result(task, encoder, metric, _per_fold(probe, labels, score), _per_fold(prior, labels, score), len(data))
+        for metric, score in metrics.items()
+    ]
+    scores = torch.zeros_like(labels, dtype=torch.float64)
+    for test, predicted in probe:
+        scores[test] = predicted
+    per_class = {"AP (out-of-fold)": mean_average_precision(scores, labels)[1]}
+    # Colour each sample by its first label in the nomenclature's order.
+    colour = [data.class_names[int(torch.nonzero(row)[0])] if row.any() else "none" for row in labels]
+    return TaskOutcome(results, data.class_names, per_class, None, features, colour)
+
+
+def _pixel_probe(
+    features: torch.Tensor, labels: torch.Tensor, folds: list[torch.Tensor], classes: int, settings: EvalSettings
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per-pixel logistic regression on dense ``features`` (N, D, H, W); returns per fold (test samples,
+    predicted map) for the probe and for the majority class of the training pixels."""
+    pixels = features.permute(0, 2, 3, 1)  # (N, H, W, D)
+    generator = torch.Generator().manual_seed(settings.seed)
+    probe, majority = [], []
+    every = torch.arange(len(labels))
+    for test in folds:
+        train = every[~torch.isin(every, test)]
+        train_x, train_y = pixels[train].reshape(-1, pixels.shape[-1]), labels[train].reshape(-1)
+        scored = torch.nonzero(train_y != IGNORE).flatten()
+        if len(scored) > settings.max_train_pixels:
+            scored = scored[torch.randperm(len(scored), generator=generator)[: settings.max_train_pixels]]
+        test_x = pixels[test].reshape(-1, pixels.shape[-1])
+        probabilities = linear_probe(
+            train_x[scored], train_y[scored], test_x, classes, weight_decay=settings.weight_decay, seed=settings.seed
+        )
+        probe.append((test, probabilities.argmax(1).reshape(labels[test].shape)))
+        common = train_y[scored].bincount(minlength=classes).argmax()
+        majority.append((test, torch.full_like(labels[test], int(common))))
+    return probe, majority
+
+
+def _dense_task(
+    encoder: FrozenEncoder,
+    data: LabelledSet,
+    settings: EvalSettings,
+    features: torch.Tensor,
+    metrics: dict[str, Callable[[torch.Tensor], float]],
+    chance_predictions: Optional[Callable] = None,
+) -> TaskOutcome:
+    classes, labels = len(data.class_names), data.labels
+    folds = _folds(data, settings)
+    probe, majority = _pixel_probe(features, labels, folds, classes, settings)
+    reference = chance_predictions(folds) if chance_predictions else majority
+    task = f"{data.name} (linear decoder)"
+    results = []
+    for metric, score in metrics.items():
+
+        def fold_score(predicted, target, score=score):
+            return score(confusion_matrix(predicted, target, classes, ignore_index=IGNORE))
+
+        scores, chance = _per_fold(probe, labels, fold_score), _per_fold(reference, labels, fold_score)
+        results.append(_result(task, encoder, metric, scores, chance, len(data)))
+    confusion = sum(confusion_matrix(p, labels[t], classes, ignore_index=IGNORE) for t, p in probe)
+    per_class = {"IoU (linear decoder)": iou_per_class(confusion).tolist()}
+    pooled = _pooled(encoder, data, settings)
+    colour = [data.class_names[int(_majority(m))] if _majority(m) != IGNORE else "none" for m in labels]
+    return TaskOutcome(results, data.class_names, per_class, confusion, pooled, colour)
+
+
+def segmentation(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+    features = dense_features(encoder, data.images, data.modality, settings.batch_size)
+    metrics = {"mIoU": lambda c: nanmean(iou_per_class(c)), "pixel accuracy": accuracy}
+    return _dense_task(encoder, data, settings, features, metrics)
+
+
+def change_detection(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+    before = dense_features(encoder, data.images, data.modality, settings.batch_size)
+    after = dense_features(encoder, data.images_after, data.modality, settings.batch_size)
+    metrics = {
+        "F1 (changed)": lambda c: float(f1_per_class(c)[1]),
+        "IoU (changed)": lambda c: float(iou_per_class(c)[1]),
+    }
+
+    def all_changed(folds):  # the reference for F1 of a rare class: flag every pixel
+        return [(test, torch.ones_like(data.labels[test])) for test in folds]
+
+    return _dense_task(encoder, data, settings, (after - before).abs(), metrics, all_changed)
+
+
+TASKS = {
+    "scene": scene_classification,
+    "multilabel": multilabel_classification,
+    "segmentation": segmentation,
+    "change": change_detection,
+}
