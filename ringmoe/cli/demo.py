@@ -20,6 +20,15 @@ from ringmoe.core.modalities import MODALITIES
 REPO = Path(__file__).resolve().parents[2]
 BUILD_CONFIG = REPO / "configs" / "data" / "demo_build.yaml"
 RUN_CONFIG = REPO / "configs" / "tiny.yaml"
+EVAL_CONFIG = REPO / "configs" / "eval" / "demo.yaml"
+# The summary's columns: task and metric of configs/eval/demo.yaml (every score is in eval/results.md).
+DEMO_EVAL_COLUMNS = {
+    "S2 mAP": "bigearthnet (sentinel2_l2a) (linear probe): mAP (sample-averaged)",
+    "S1 mAP": "bigearthnet (sentinel1_grd) (linear probe): mAP (sample-averaged)",
+    "scene bal.acc": "eo-learn LULC scene (16 px) (linear probe): balanced accuracy",
+    "seg mIoU": "eo-learn LULC segmentation (32 px) (linear decoder): mIoU",
+    "change F1": "eo-learn NDVI change > 0.1 (32 px) (linear decoder): F1 (changed)",
+}
 
 
 def _stage(name: str, timings: dict[str, float]):
@@ -74,6 +83,23 @@ def _prune(out: Path):
     return prune_checkpoint(out / "consolidated", out / "pruned", load_config(RUN_CONFIG, overrides))
 
 
+def _evaluate(out: Path) -> tuple[dict[str, dict[str, float]], float]:
+    """Frozen-encoder scores on the labelled demo samples for the trained, exported, pruned and reference
+    encoders; returns scores per encoder and the largest score difference between a checkpoint and its export."""
+    from ringmoe.config.evaluation import load_eval_config
+    from ringmoe.eval.run import evaluate
+
+    encoders = [out / "consolidated", out / "hf", out / "pruned", out / "hf_pruned", f"random:{RUN_CONFIG}", "pixels"]
+    overrides = [f"encoders=[{','.join(str(e) for e in encoders)}]", f"output_dir={out / 'eval'}"]
+    report = evaluate(load_eval_config(EVAL_CONFIG, overrides), EVAL_CONFIG.parent)
+    scores: dict[str, dict[str, float]] = {}
+    for row in report.results:
+        scores.setdefault(row.encoder, {})[f"{row.task}: {row.metric}"] = row.mean
+    pairs = [("consolidated consolidated", "huggingface hf"), ("consolidated pruned", "huggingface hf_pruned")]
+    gap = max(abs(scores[a][k] - scores[b][k]) for a, b in pairs for k in scores[a])
+    return scores, gap
+
+
 def _modality_losses(metrics_file: Path, window: int = 5) -> dict[str, tuple[float, float]]:
     """Per-modality reconstruction and physical-target losses, mean of the first and last ``window`` steps."""
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
@@ -109,6 +135,10 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
     with _stage("check: AutoModel.from_pretrained(trust_remote_code=True) vs checkpoint", timings):
         max_diff = _check_export(out / "consolidated", out / "hf", out / "shards")
         max_diff_pruned = _check_export(out / "pruned", out / "hf_pruned", out / "shards")
+    with _stage(
+        "eval: frozen-encoder probes on labelled real samples (trained, HF, pruned, random init, pixels)", timings
+    ):
+        scores, score_gap = _evaluate(out)
     parameters = pruned.plan.to_dict()["encoder_parameters"]
     summary = {
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -119,6 +149,8 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
         "hf_pruned_max_abs_diff": max_diff_pruned,
         "pruned_encoder_parameters": parameters,
         "prune_retention": pruned.retention,
+        "eval_scores": scores,
+        "eval_hf_vs_checkpoint_max_score_diff": score_gap,
         "paths": {
             "shards": str(out / "shards"),
             "checkpoint": str(checkpoint),
@@ -126,6 +158,7 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
             "pruned": str(out / "pruned"),
             "hf_export": str(out / "hf"),
             "hf_pruned": str(out / "hf_pruned"),
+            "eval": str(out / "eval" / "results.md"),
             "metrics": str(out / "train" / "metrics.jsonl"),
             "tensorboard": str(out / "train" / "tensorboard"),
         },
@@ -141,8 +174,18 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
         f"reconstruction retention {pruned.retention.get('loss/total', float('nan')):.3f} (unpruned / pruned loss)"
     )
     print(f"  HF export vs checkpoint: max |diff| = {max_diff:.2e} (full), {max_diff_pruned:.2e} (pruned)")
+    print(f"  eval (mean over 3 folds; all rows with std, chance and n in {out / 'eval' / 'results.md'}):")
+    print(f"    {'encoder':<28} " + "".join(f"{name:>15}" for name in DEMO_EVAL_COLUMNS))
+    for encoder, rows in scores.items():
+        print(
+            f"    {encoder:<28} "
+            + "".join(f"{rows.get(key, float('nan')):>15.3f}" for key in DEMO_EVAL_COLUMNS.values())
+        )
+    print(f"    HF export vs checkpoint scores: max |diff| = {score_gap:.1e}")
     for name, path in summary["paths"].items():
         print(f"  {name:>12}: {path}")
+    if score_gap != 0.0:
+        raise RingMoEError(f"HF exports score differently from their checkpoints (max |diff| {score_gap:.2e})")
     if max(max_diff, max_diff_pruned) > 1e-4:
         raise RingMoEError(
             f"HF export does not reproduce the checkpoint (max |diff| {max_diff:.2e}, pruned {max_diff_pruned:.2e})"

@@ -72,6 +72,18 @@ def _prune(args: argparse.Namespace) -> None:
     )
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from ringmoe.config.evaluation import load_eval_config
+    from ringmoe.eval.run import evaluate
+
+    config = load_eval_config(args.config, args.overrides)
+    report = evaluate(config, Path(args.config).resolve().parent)
+    print(report.table())
+    print(
+        f"results: {report.out_dir / 'results.md'} (+ .json); {len(report.plots)} plots in {report.out_dir / 'plots'}"
+    )
+
+
 def _export(args: argparse.Namespace) -> None:
     from ringmoe.export.huggingface import export_huggingface
 
@@ -140,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-shard-size", default="2GB", help="HuggingFace shard size, e.g. 2GB or 500MB")
     export.add_argument("--push", metavar="REPO_ID", help="prepare for the Hub: writes the directory, uploads nothing")
     export.set_defaults(func=_export)
+
+    evaluation = commands.add_parser("eval", help="frozen-encoder benchmarks on labelled rasters: table + plots")
+    evaluation.add_argument("--config", required=True, help="eval YAML (configs/eval/*.yaml): encoders and tasks")
+    evaluation.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. encoders=[runs/demo/consolidated,pixels] folds=5"
+    )
+    evaluation.set_defaults(func=_eval)
 
     info = commands.add_parser("model-info", help="parameter counts (meta device) and FLOPs per sample")
     info.add_argument("config", help="model YAML (configs/model/*.yaml) or run YAML")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -23,16 +24,18 @@ class Result:
     chance: float  # the score of guessing (majority class, or label frequency for mAP)
 
 
-def write_results(results: list[Result], out_dir: Path) -> Path:
+def write_results(results: list[Result], out_dir: Path, notes: Sequence[str] = ()) -> Path:
     """``results.json`` and ``results.md``: one row per task, encoder and metric, with n and chance beside the
-    score so that a small set's numbers read for what they are."""
+    score so that a small set's numbers read for what they are; ``notes`` (skipped baselines, samples left out)
+    follow the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "results.json", [asdict(r) for r in results])
+    atomic_write_json(out_dir / "results.json", {"results": [asdict(r) for r in results], "notes": list(notes)})
     lines = ["| task | encoder | metric | score (mean ± std) | chance | n | folds |", "|---|---|---|---|---|---|---|"]
     lines += [
         f"| {r.task} | {r.encoder} | {r.metric} | {r.mean:.3f} ± {r.std:.3f} | {r.chance:.3f} | {r.n} | {r.folds} |"
         for r in results
     ]
+    lines += [""] + [f"- {note}" for note in notes] if notes else []
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
     return out_dir / "results.md"
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ringmoe.config.evaluation import EvalConfig
 from ringmoe.eval.datasets import IGNORE, LabelledSet
 from ringmoe.eval.features import FrozenEncoder, dense_features, pooled_features
 from ringmoe.eval.metrics import (
@@ -35,16 +36,6 @@ Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class EvalSettings:
-    folds: int = 3
-    seed: int = 0
-    knn_k: int = 5
-    weight_decay: float = 1e-3
-    batch_size: int = 16
-    max_train_pixels: int = 100_000  # per fold, drawn with the seed
-
-
-@dataclass
 class TaskOutcome:
     results: list[Result]
     class_names: list[str]
@@ -54,7 +45,7 @@ class TaskOutcome:
     colour: list[str] = field(default_factory=list)  # label name per pooled sample
 
 
-def _folds(data: LabelledSet, settings: EvalSettings) -> list[torch.Tensor]:
+def _folds(data: LabelledSet, settings: EvalConfig) -> list[torch.Tensor]:
     if data.kind == "scene":
         strata = data.labels
     elif data.kind in ("segmentation", "change"):
@@ -77,11 +68,11 @@ def _per_fold(predictions, labels, score: Callable[[torch.Tensor, torch.Tensor],
     return CrossValidation([score(predicted, labels[test]) for test, predicted in predictions])
 
 
-def _pooled(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> torch.Tensor:
+def _pooled(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> torch.Tensor:
     return pooled_features(encoder, data.images, data.modality, settings.batch_size)
 
 
-def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
     features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
     folds = _folds(data, settings)
     predictors: dict[str, Predict] = {
@@ -116,7 +107,7 @@ def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: Ev
     return TaskOutcome(results, data.class_names, per_class, confusion, features, colour)
 
 
-def multilabel_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+def multilabel_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
     features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
     folds = _folds(data, settings)
     probe = out_of_fold(
@@ -147,7 +138,7 @@ def multilabel_classification(encoder: FrozenEncoder, data: LabelledSet, setting
 
 
 def _pixel_probe(
-    features: torch.Tensor, labels: torch.Tensor, folds: list[torch.Tensor], classes: int, settings: EvalSettings
+    features: torch.Tensor, labels: torch.Tensor, folds: list[torch.Tensor], classes: int, settings: EvalConfig
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Per-pixel logistic regression on dense ``features`` (N, D, H, W); returns per fold (test samples,
     predicted map) for the probe and for the majority class of the training pixels."""
@@ -174,7 +165,7 @@ def _pixel_probe(
 def _dense_task(
     encoder: FrozenEncoder,
     data: LabelledSet,
-    settings: EvalSettings,
+    settings: EvalConfig,
     features: torch.Tensor,
     metrics: dict[str, Callable[[torch.Tensor], float]],
     chance_predictions: Optional[Callable] = None,
@@ -199,13 +190,13 @@ def _dense_task(
     return TaskOutcome(results, data.class_names, per_class, confusion, pooled, colour)
 
 
-def segmentation(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+def segmentation(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
     features = dense_features(encoder, data.images, data.modality, settings.batch_size)
     metrics = {"mIoU": lambda c: nanmean(iou_per_class(c)), "pixel accuracy": accuracy}
     return _dense_task(encoder, data, settings, features, metrics)
 
 
-def change_detection(encoder: FrozenEncoder, data: LabelledSet, settings: EvalSettings) -> TaskOutcome:
+def change_detection(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
     before = dense_features(encoder, data.images, data.modality, settings.batch_size)
     after = dense_features(encoder, data.images_after, data.modality, settings.batch_size)
     metrics = {

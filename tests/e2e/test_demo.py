@@ -181,3 +181,23 @@ def test_consolidated_experts_are_the_trained_ones(demo: tuple[Path, str]) -> No
     for key, tensor in expert_file.items():
         mapped = key.replace("moe.deepspeed_moe.experts.deepspeed_experts.", "experts.")
         assert torch.equal(state[mapped], tensor), key
+
+
+def test_demo_scores_trained_pruned_and_reference_encoders(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    rows = json.loads((out / "eval" / "results.json").read_text())["results"]
+    encoders = {r["encoder"] for r in rows}
+    assert encoders == {
+        "consolidated consolidated", "huggingface hf", "consolidated pruned", "huggingface hf_pruned",
+        "random init (tiny, seed 0)", "pixel statistics (64 px)",
+    }  # fmt: skip
+    assert all(r["n"] > 0 and r["folds"] == 3 and r["std"] >= 0 for r in rows)
+
+    def scores(encoder: str) -> list[tuple]:
+        return [(r["task"], r["metric"], r["mean"], r["std"]) for r in rows if r["encoder"] == encoder]
+
+    assert scores("consolidated consolidated") == scores("huggingface hf")  # identical, not close
+    assert scores("consolidated pruned") == scores("huggingface hf_pruned")
+    assert scores("consolidated consolidated") != scores("consolidated pruned")
+    assert "HF export vs checkpoint scores: max |diff| = 0.0e+00" in stdout
+    assert (out / "eval" / "plots" / "consolidated_pruned" / "sensors_tsne.png").is_file()

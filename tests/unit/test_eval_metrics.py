@@ -125,7 +125,7 @@ def test_results_table_and_confusion_png(tmp_path):
     rows = [Result("scenes (kNN)", "random init", "accuracy", 0.5, 0.1, 12, 3, 0.25)]
     table = write_results(rows, tmp_path).read_text()
     assert "| scenes (kNN) | random init | accuracy | 0.500 ± 0.100 | 0.250 | 12 | 3 |" in table
-    assert json.loads((tmp_path / "results.json").read_text())[0]["n"] == 12
+    assert json.loads((tmp_path / "results.json").read_text())["results"][0]["n"] == 12
     path = confusion_png(torch.tensor([[3, 1], [0, 4]]), ["water", "forest"], tmp_path / "confusion.png")
     with Image.open(path) as image:
         image.load()
