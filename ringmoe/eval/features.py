@@ -44,7 +44,9 @@ class FrozenEncoder:
     modalities: list[str]
     module: nn.Module
     img_size: int
-    huggingface: bool = False  # a transformers model: called with pixel_values
+    # How the module is called: "ringmoe" with a MultiModalBatch, "huggingface" with pixel_values, "images"
+    # (baselines) with the images and their modality.
+    interface: str = "ringmoe"
 
     @torch.no_grad()
     def stages(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
@@ -52,9 +54,9 @@ class FrozenEncoder:
         if modality not in self.modalities:
             raise EncoderUnavailable(f"{self.name} has no input for modality {modality!r} (has {self.modalities})")
         self.module.eval()
-        if self.huggingface:
+        if self.interface == "huggingface":
             return list(self.module(pixel_values={modality: images}, output_hidden_states=True).hidden_states)
-        if isinstance(self.module, (PixelStatistics, TimmBackbone)):
+        if self.interface == "images":
             return self.module(images, modality)
         return self.module(MultiModalBatch({modality: images})).stage_features
 
@@ -103,9 +105,11 @@ def load_encoder(source: str | Path) -> FrozenEncoder:
         return FrozenEncoder(name, list(config.in_chans), model.encoder, config.img_size)
     if text == "pixels" or text.startswith("pixels:"):
         size = int(text.partition(":")[2] or 64)
-        return FrozenEncoder(f"pixel statistics ({size} px)", list(MODALITIES), PixelStatistics(), size)
+        return FrozenEncoder(f"pixel statistics ({size} px)", list(MODALITIES), PixelStatistics(), size, "images")
     if text.startswith("timm:"):
-        return FrozenEncoder(text, ["optical", "multispectral"], TimmBackbone(text.removeprefix("timm:")), 224)
+        return FrozenEncoder(
+            text, ["optical", "multispectral"], TimmBackbone(text.removeprefix("timm:")), 224, "images"
+        )
     path = Path(source)
     if (path / META_NAME).is_file():
         state, config = read_deepspeed_checkpoint(path)
@@ -122,7 +126,7 @@ def load_encoder(source: str | Path) -> FrozenEncoder:
 
         model = AutoModel.from_pretrained(str(path), trust_remote_code=True)
         modalities = list(model.config.in_chans)
-        return FrozenEncoder(f"huggingface {path.name}", modalities, model, model.config.img_size, huggingface=True)
+        return FrozenEncoder(f"huggingface {path.name}", modalities, model, model.config.img_size, "huggingface")
     raise CheckpointError(
         f"{source}: not an encoder source; expected a DeepSpeed checkpoint ({META_NAME}), a consolidated or pruned "
         f"directory ({MODEL_CONFIG_NAME}), a HuggingFace export (config.json, model_type ringmoe), "

@@ -28,7 +28,7 @@ def test_checkpoint_consolidated_and_huggingface_sources_agree(tmp_path):
     hf = export_huggingface(consolidated, tmp_path / "hf")
     batch = batch_for(config, seed=1)
     sources = [load_encoder(tag), load_encoder(consolidated), load_encoder(hf)]
-    assert [s.huggingface for s in sources] == [False, False, True]
+    assert [s.interface for s in sources] == ["ringmoe", "ringmoe", "huggingface"]
     for modality, images in batch.images.items():
         stages = [s.stages(images, modality) for s in sources]
         assert [m.shape[1] for m in stages[0]] == [config.embed_dim * 2**i for i in range(len(config.depths))]
