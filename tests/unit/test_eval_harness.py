@@ -240,3 +240,15 @@ def test_tasks_on_sets_with_known_answers():
     assert result["F1 (changed)"].mean > 0.9
     assert result["F1 (changed)"].chance == pytest.approx(2 * 0.25 / 1.25)
     assert result["IoU (changed)"].chance == pytest.approx(0.25)
+
+
+def test_cli_prints_the_table_and_names_a_bad_key(tmp_path, capsys):
+    from ringmoe.cli.main import main
+
+    args = ["eval", "--config", str(EVAL_CONFIG), "encoders=[pixels]", f"output_dir={tmp_path}", "plots=false"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| eo-learn LULC scene (16 px) (kNN) | pixel statistics (64 px) | accuracy |" in printed
+    assert f"results: {tmp_path / 'results.md'}" in printed and (tmp_path / "config.yaml").is_file()
+    assert main(["eval", "--config", str(EVAL_CONFIG), "fold=4"]) == 2
+    assert "key 'fold'" in capsys.readouterr().err
