@@ -252,3 +252,15 @@ def test_cli_prints_the_table_and_names_a_bad_key(tmp_path, capsys):
     assert f"results: {tmp_path / 'results.md'}" in printed and (tmp_path / "config.yaml").is_file()
     assert main(["eval", "--config", str(EVAL_CONFIG), "fold=4"]) == 2
     assert "key 'fold'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "real").is_dir(), reason="shared real-sample pack absent")
+def test_the_shared_pack_config_reads_the_same_sets_as_the_demo_copy():
+    from ringmoe.eval.run import load_task_data
+
+    shared_config = REPO / "configs" / "eval" / "real_samples.yaml"
+    pairs = zip(load_eval_config(shared_config).tasks, load_eval_config(EVAL_CONFIG).tasks)
+    for index, (shared, demo) in enumerate(pairs):
+        a, b = load_task_data(shared, index, shared_config.parent), load_task_data(demo, index, EVAL_CONFIG.parent)
+        assert (a.name, a.keys, a.class_names) == (b.name, b.keys, b.class_names)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
