@@ -40,6 +40,7 @@ class EvalConfig:
     weight_decay: float = 1e-3
     batch_size: int = 16
     max_train_pixels: int = 100_000
+    device: str = "cpu"  # where encoders run, e.g. cuda; probes run on the CPU in float64
     output_dir: str = "runs/eval"
     plots: bool = True
     tsne: bool = True  # t-SNE beside PCA in the embedding plots

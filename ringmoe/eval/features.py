@@ -47,6 +47,12 @@ class FrozenEncoder:
     # How the module is called: "ringmoe" with a MultiModalBatch, "huggingface" with pixel_values, "images"
     # (baselines) with the images and their modality.
     interface: str = "ringmoe"
+    device: str = "cpu"  # where the module runs; features always come back on the CPU
+
+    def to(self, device: str) -> "FrozenEncoder":
+        self.module.to(device)
+        self.device = device
+        return self
 
     @torch.no_grad()
     def stages(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
@@ -54,11 +60,14 @@ class FrozenEncoder:
         if modality not in self.modalities:
             raise EncoderUnavailable(f"{self.name} has no input for modality {modality!r} (has {self.modalities})")
         self.module.eval()
+        images = images.to(self.device)
         if self.interface == "huggingface":
-            return list(self.module(pixel_values={modality: images}, output_hidden_states=True).hidden_states)
-        if self.interface == "images":
-            return self.module(images, modality)
-        return self.module(MultiModalBatch({modality: images})).stage_features
+            maps = self.module(pixel_values={modality: images}, output_hidden_states=True).hidden_states
+        elif self.interface == "images":
+            maps = self.module(images, modality)
+        else:
+            maps = self.module(MultiModalBatch({modality: images})).stage_features
+        return [m.cpu() for m in maps]
 
     def features(self, images: torch.Tensor, modality: str) -> torch.Tensor:
         return self.stages(images, modality)[-1]

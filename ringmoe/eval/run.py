@@ -106,7 +106,7 @@ def evaluate(config: EvalConfig, config_dir: Path) -> EvalReport:
     progress = tqdm(total=len(config.encoders) * len(datasets), desc="eval", unit="task")
     for source in config.encoders:
         try:
-            encoder = load_encoder(source)
+            encoder = load_encoder(source).to(config.device)
         except EncoderUnavailable as exc:
             notes.append(f"skipped encoder {source}: {exc}")
             progress.update(len(datasets))
