@@ -1,0 +1,88 @@
+"""Geo-context prototype learning (SkySense): each geographic cell has its own prototypes; a sample's teacher
+feature is assigned to its cell's prototypes with Sinkhorn-Knopp, the student predicts that assignment, and the
+prototypes follow the assigned teacher features by EMA (no gradient reaches them)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ringmoe.objectives.sinkhorn import sinkhorn
+
+
+def geo_cell(lon: torch.Tensor, lat: torch.Tensor, cell_degrees: float, cells: int) -> torch.Tensor:
+    """Cell id in ``[0, cells)`` of each location: a ``cell_degrees`` grid over the globe, row-major from
+    (-180, -90), folded onto ``cells`` prototype sets."""
+    columns = math.ceil(360.0 / cell_degrees)
+    row = torch.floor((lat.double().clamp(-90, 90 - 1e-9) + 90.0) / cell_degrees).long()
+    column = torch.floor((lon.double().clamp(-180, 180 - 1e-9) + 180.0) / cell_degrees).long()
+    return (row * columns + column) % cells
+
+
+def _normalized_entropy(usage: torch.Tensor) -> float:
+    p = usage.double()
+    return float(-(p * p.clamp(min=1e-12).log()).sum() / math.log(len(p)))
+
+
+class GeoPrototypes(nn.Module):
+    """``cells`` x ``per_cell`` unit prototypes of width ``dim``, a buffer (saved with the model, identical on
+    every rank: updates are all-reduced over ``group``)."""
+
+    def __init__(
+        self,
+        cells: int,
+        per_cell: int,
+        dim: int,
+        temperature: float = 0.1,
+        momentum: float = 0.99,
+        epsilon: float = 0.05,
+        iterations: int = 3,
+    ) -> None:
+        super().__init__()
+        self.temperature, self.momentum, self.epsilon, self.iterations = temperature, momentum, epsilon, iterations
+        self.register_buffer("prototypes", F.normalize(torch.randn(cells, per_cell, dim), dim=-1))
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, cell: torch.Tensor, group=None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``student``, ``teacher`` (N, D), ``cell`` (N,): the swapped-prediction loss and, for monitoring,
+        ``assignment_entropy`` (entropy of the mean Sinkhorn assignment of each cell's samples over its
+        prototypes, divided by log K: 1 when every prototype is used equally, 0 when one takes all) and
+        ``prediction_entropy`` (the same for the student's hard choices: prototypes that collapsed onto one
+        vector make every sample choose the same one, 0)."""
+        s, t = F.normalize(student, dim=1), F.normalize(teacher.detach(), dim=1)
+        prototypes = self.prototypes.clone()  # the loss keeps this copy for backward; the EMA edits the buffer
+        per_cell = prototypes.shape[1]
+        loss = s.new_zeros(())
+        update = torch.zeros_like(self.prototypes)
+        entropies, predicted = [], []
+        for c in cell.unique().tolist():
+            members = cell == c
+            scores = t[members] @ prototypes[c].T
+            q = sinkhorn(scores, self.epsilon, self.iterations)
+            log_p = F.log_softmax(s[members] @ prototypes[c].T.to(s.dtype) / self.temperature, dim=1)
+            loss = loss - (q.to(log_p.dtype) * log_p).sum()
+            update[c] = q.T.to(t.dtype) @ t[members]
+            entropies.append(_normalized_entropy(q.mean(dim=0)))
+            choices = torch.bincount(log_p.argmax(dim=1), minlength=per_cell)
+            predicted.append(_normalized_entropy(choices / choices.sum()))
+        if self.training:
+            self._ema(update, group)
+        stats = {
+            "assignment_entropy": sum(entropies) / len(entropies),
+            "prediction_entropy": sum(predicted) / len(predicted),
+            "cells": len(entropies),
+        }
+        return loss / len(s), stats
+
+    @torch.no_grad()
+    def _ema(self, update: torch.Tensor, group) -> None:
+        if group is not None and dist.is_initialized():
+            dist.all_reduce(update, group=group)
+        touched = update.norm(dim=-1, keepdim=True) > 0
+        moved = F.normalize(self.momentum * self.prototypes + (1 - self.momentum) * F.normalize(update, dim=-1), dim=-1)
+        self.prototypes.copy_(torch.where(touched, moved, self.prototypes))
