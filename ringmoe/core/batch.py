@@ -12,7 +12,7 @@ import torch
 
 from ringmoe.core.modalities import MODALITIES
 
-__all__ = ["MODALITIES", "ModelOutput", "MultiModalBatch", "RouterStats"]
+__all__ = ["MODALITIES", "ModelOutput", "MultiModalBatch", "RouterStats", "SequenceBatch"]
 
 
 @dataclass
@@ -75,3 +75,32 @@ class ModelOutput:
         """Features per modality, undoing the batch-axis stacking."""
         parts = torch.split(self.features, list(self.modality_sizes.values()), dim=0)
         return dict(zip(self.modality_sizes.keys(), parts))
+
+
+@dataclass
+class SequenceBatch:
+    """Multi-modal image sequences of the same places (SkySense-style inputs).
+
+    Per modality: ``images`` ``(B, T_m, C, H, W)`` with a fixed ``T_m`` (dates beyond a sample's own are
+    padding), ``present`` ``(B, T_m)`` bool (False: padding, or the modality is missing for that sample) and
+    ``days`` ``(B, T_m)`` float acquisition times in days since 1970-01-01 (the fraction is the time of day).
+    ``location``: ``(B, 2)`` longitude, latitude of each place (degrees).
+    """
+
+    images: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    days: dict[str, torch.Tensor]
+    location: torch.Tensor
+    keys: list[str] = field(default_factory=list)
+
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if m in self.images]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SequenceBatch":
+        return SequenceBatch(
+            {m: t.to(device=device, dtype=dtype) for m, t in self.images.items()},
+            {m: t.to(device) for m, t in self.present.items()},
+            {m: t.to(device) for m, t in self.days.items()},
+            self.location.to(device),
+            self.keys,
+        )
