@@ -98,6 +98,11 @@ class DataConfig:
     a modality with any weight given needs one for each of its sources (0 leaves a source out).
     ``shard_cache``: whole shards kept decoded per worker when streaming ``pipe:`` shards. ``strict``: a bad
     sample or shard raises ``DataError`` instead of being quarantined and replaced.
+
+    Places (spatiotemporal recipes such as SkySense): ``places_per_batch`` > 0 reads the ``pair`` and
+    ``sequence`` streams instead, ``places_per_batch`` footprints per batch, each with up to ``max_dates[m]``
+    dates of modality ``m`` (default 1; longer sequences keep evenly spaced dates); a date whose valid share is
+    below ``min_date_valid_fraction`` counts as absent. ``source_weights`` then weigh the streams.
     """
 
     shards: str = "runs/demo/shards"
@@ -109,6 +114,12 @@ class DataConfig:
     source_weights: dict[str, float] = field(default_factory=dict)
     shard_cache: int = 4
     strict: bool = False
+    places_per_batch: int = 0
+    max_dates: dict[str, int] = field(default_factory=dict)
+    min_date_valid_fraction: float = 0.5
+
+    def dates_of(self, modality: str) -> int:
+        return self.max_dates.get(modality, 1)
 
     def validate(self) -> None:
         if not self.modalities:
@@ -124,6 +135,16 @@ class DataConfig:
         for source, weight in self.source_weights.items():
             if not math.isfinite(weight) or weight < 0:
                 raise ConfigError(f"data.source_weights.{source}={weight} must be a finite number >= 0")
+        if self.places_per_batch < 0:
+            raise ConfigError(f"data.places_per_batch={self.places_per_batch} must be >= 0 (0: single images)")
+        stray = sorted(set(self.max_dates) - set(self.modalities))
+        if stray or any(count < 1 for count in self.max_dates.values()):
+            raise ConfigError(
+                f"data.max_dates {dict(self.max_dates)}: keys must be among data.modalities {self.modalities} "
+                "and counts >= 1"
+            )
+        if not 0.0 <= self.min_date_valid_fraction <= 1.0:
+            raise ConfigError(f"data.min_date_valid_fraction={self.min_date_valid_fraction} must be in [0, 1]")
 
 
 @dataclass

@@ -92,9 +92,13 @@ class SequenceBatch:
     days: dict[str, torch.Tensor]
     location: torch.Tensor
     keys: list[str] = field(default_factory=list)
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # as in MultiModalBatch
 
     def modalities(self) -> list[str]:
         return [m for m in MODALITIES if m in self.images]
+
+    def sizes(self) -> dict[str, int]:
+        return {m: int(self.images[m].shape[0]) for m in self.modalities()}
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SequenceBatch":
         return SequenceBatch(
@@ -103,4 +107,5 @@ class SequenceBatch:
             {m: t.to(device) for m, t in self.days.items()},
             self.location.to(device),
             self.keys,
+            self.quarantined,
         )

@@ -67,30 +67,30 @@ def _read_npy(data: bytes | memoryview) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_image(data: bytes | memoryview, channels: int, tile: int) -> np.ndarray:
-    """The ``image.npy`` member as float32 ``(channels, tile, tile)`` with only finite values (read-only when
-    it shares ``data``'s memory)."""
+def decode_image(data: bytes | memoryview, channels: int, tile: int, steps: bool = False) -> np.ndarray:
+    """The ``image.npy`` member as float32 ``(channels, tile, tile)`` (``(T, channels, tile, tile)``, T >= 1,
+    with ``steps``) with only finite values (read-only when it shares ``data``'s memory)."""
     try:
         image = _read_npy(data)
     except (ValueError, OSError, EOFError) as exc:
         raise BadSample(BAD_NPY, f"{IMAGE_EXT} does not decode as .npy without pickle ({exc})") from None
-    if image.dtype != np.float32 or image.shape != (channels, tile, tile):
-        raise BadSample(
-            BAD_IMAGE, f"{IMAGE_EXT} is {image.dtype} {image.shape}, expected float32 {(channels, tile, tile)}"
-        )
+    expected = ("T", channels, tile, tile) if steps else (channels, tile, tile)
+    shape_ok = image.shape[-3:] == (channels, tile, tile) and image.ndim == len(expected) and image.shape[0] >= 1
+    if image.dtype != np.float32 or not shape_ok:
+        raise BadSample(BAD_IMAGE, f"{IMAGE_EXT} is {image.dtype} {image.shape}, expected float32 {expected}")
     if not np.isfinite(image).all():
         bad = int(image.size - np.isfinite(image).sum())
         raise BadSample(NON_FINITE, f"{IMAGE_EXT} has {bad} NaN/inf value(s)")
     return image
 
 
-def decode_meta(data: bytes | memoryview, source: str) -> dict:
+def decode_meta(data: bytes | memoryview, source: str | None) -> dict:
     try:
         meta = json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadSample(BAD_JSON, f"{META_EXT} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise BadSample(BAD_JSON, f"{META_EXT} is a {type(meta).__name__}, expected an object")
-    if meta.get("source", source) != source:
+    if source is not None and meta.get("source", source) != source:
         raise BadSample(BAD_JSON, f"{META_EXT} says source {meta['source']!r}, the shard belongs to {source!r}")
     return meta

@@ -27,14 +27,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.errors import ConfigError, DataError
-from ringmoe.data.catalog import ShardInfo, load_catalog
+from ringmoe.data.catalog import Catalog, ShardInfo, load_catalog
 from ringmoe.data.checks import BadSample, BadShard
 from ringmoe.data.mixture import ModalityOrder, resolve_weights
 from ringmoe.data.order import SourceOrder
@@ -59,10 +58,10 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.start = rank, world_size, start
         store = open_store(config.shards)
         try:
-            self.catalog = load_catalog(store, list(config.modalities))
+            self.catalog = self._load_catalog(store)
         finally:
             store.close()
-        self.weights = resolve_weights(self.catalog, list(config.modalities), dict(config.source_weights))
+        self.weights = resolve_weights(self.catalog, self._streams(), dict(config.source_weights))
         self.orders = {
             modality: ModalityOrder(
                 modality,
@@ -77,6 +76,17 @@ class ShardStream(IterableDataset):
         self._reader: ShardReader | None = None
         self._reader_pid = -1
         self._warned: set[tuple[str, str]] = set()
+
+    def _load_catalog(self, store) -> Catalog:
+        return load_catalog(store, list(self.config.modalities))
+
+    def _streams(self) -> list[str]:
+        """The streams every batch draws from: one per modality."""
+        return list(self.config.modalities)
+
+    def identity(self) -> dict[str, Any]:
+        """What the sample order depends on beyond the catalog, seed, world size and modalities."""
+        return {"batch_size_per_modality": self.config.batch_size_per_modality}
 
     def resumed(self, start: int) -> "ShardStream":
         """The same stream starting at batch ``start``."""
@@ -106,7 +116,12 @@ class ShardStream(IterableDataset):
                 tensor.share_memory_()  # filled in place, then sent to the main process without another copy
             out = tensor.numpy()
             keys[modality] = [
-                self._sample(self.orders[modality], size * number + slot, out[slot], quarantined)
+                self._sample(
+                    self.orders[modality],
+                    size * number + slot,
+                    lambda reader, shard, index, out=out[slot]: reader.read_into(shard, index, out),
+                    quarantined,
+                )
                 for slot in range(size)
             ]
         return MultiModalBatch(images, keys, quarantined)
@@ -125,16 +140,16 @@ class ShardStream(IterableDataset):
             self._reader_pid = os.getpid()
         return self._reader
 
-    def _sample(self, order: ModalityOrder, position: int, out: np.ndarray, quarantined: list[dict[str, str]]) -> str:
-        """Read the sample at ``position`` into ``out``, or else the next readable one of the same source's
-        sequence; its key."""
+    def _sample(self, order: ModalityOrder, position: int, read, quarantined: list[dict[str, str]]):
+        """``read(reader, shard, index)`` of the sample at ``position``, or else of the next readable one of the
+        same source's sequence."""
         source, k = order.at(position)
         reader = self._reader_here()
         # Trying a whole source's worth of samples covers at least one full epoch of this rank.
         for attempt in range(source.source.samples + 1):
             shard, index = source.locate(k + attempt)
             try:
-                return reader.read_into(shard, index, out)
+                return read(reader, shard, index)
             except BadSample as bad:
                 quarantined.append(self._quarantine(reader, shard, index, bad))
         raise DataError(
@@ -169,8 +184,10 @@ class ShardLoader:
     """
 
     def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1) -> None:
+        from ringmoe.data.places import PlaceStream  # places read the same shards through the same machinery
+
         self.config = config
-        self.dataset = ShardStream(config, rank, world_size)
+        self.dataset = (PlaceStream if config.places_per_batch else ShardStream)(config, rank, world_size)
         self.batches = 0
         self._report = QuarantineReport()
 
@@ -198,7 +215,7 @@ class ShardLoader:
             "seed": config.seed,
             "world_size": self.dataset.world_size,
             "modalities": list(config.modalities),
-            "batch_size_per_modality": config.batch_size_per_modality,
+            **self.dataset.identity(),
             "shuffle_buffer": config.shuffle_buffer,
             "source_weights": self.dataset.weights,
         }

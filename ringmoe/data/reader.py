@@ -52,8 +52,9 @@ def parse_entry(raw: Any, number: int) -> Entry | BadSample:
     key = raw.get("key")
     if isinstance(key, str) and isinstance(members, dict) and members and all(map(_is_span, members.values())):
         spans = {ext: (int(v[0]), int(v[1]), v[2]) for ext, v in members.items()}
-        for ext in (IMAGE_EXT, META_EXT):
-            if ext not in spans:
+        # A single or sequence sample has image.npy; a pair has <source>.image.npy per part.
+        for ext, found in ((IMAGE_EXT, any(e.endswith(IMAGE_EXT) for e in spans)), (META_EXT, META_EXT in spans)):
+            if not found:
                 return BadSample(MISSING_MEMBER, f"the index lists no {ext} member for {key} (has {sorted(spans)})")
         start = min(offset for offset, _, _ in spans.values())
         return Entry(key, spans, start, max(offset + size for offset, size, _ in spans.values()))
@@ -83,6 +84,18 @@ class ShardReader:
 
     def read_into(self, shard: ShardInfo, i: int, out: np.ndarray) -> str:
         """Sample ``i``'s key; its image is copied into ``out`` (float32 ``(C, H, W)``)."""
+        key, data, _ = self.read_checked(shard, i, shard.source)
+        if IMAGE_EXT not in data:
+            raise BadSample(MISSING_MEMBER, f"sample {key} has no {IMAGE_EXT} member")
+        # The image may view the store's read buffer: copy it out before the next read.
+        np.copyto(out, decode_image(data[IMAGE_EXT], self.channels[shard.source], self.tile))
+        return key
+
+    def read_checked(
+        self, shard: ShardInfo, i: int, source: str | None
+    ) -> tuple[str, dict[str, bytes | memoryview], dict]:
+        """Sample ``i``'s key, its members (every sha256 checked; they may view the read buffer) and its
+        decoded metadata, which must name ``source`` when given (pairs and sequences name their parts)."""
         entry = self._index(shard)[i]
         if isinstance(entry, BadSample):
             raise entry
@@ -93,10 +106,7 @@ class ShardReader:
             if ext not in data:
                 raise BadSample(MISSING_MEMBER, f"member {entry.key}.{ext} is not in the shard")
             check_sha256(ext, data[ext], sha256)
-        decode_meta(data[META_EXT], shard.source)
-        # The image may view the store's read buffer: copy it out before the next read.
-        np.copyto(out, decode_image(data[IMAGE_EXT], self.channels[shard.source], self.tile))
-        return entry.key
+        return entry.key, data, decode_meta(data[META_EXT], source)
 
     def close(self) -> None:
         self.store.close()

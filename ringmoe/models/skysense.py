@@ -29,7 +29,8 @@ DAYS_PER_YEAR = 365.25
 
 def date_encoding(days: torch.Tensor, dim: int) -> torch.Tensor:
     """(…,) days since 1970-01-01 -> (…, dim): sin/cos harmonics of the day of year and of the time of day, and
-    transformer-style sinusoids of the absolute date (periods from 1 day to ~27 years)."""
+    transformer-style sinusoids of the absolute date (periods from 1 day to ~27 years). An unknown date (NaN)
+    encodes as zeros."""
     if dim % 8:
         raise ValueError(f"date encoding width {dim} must be a multiple of 8")
     quarter = dim // 4
@@ -43,7 +44,7 @@ def date_encoding(days: torch.Tensor, dim: int) -> torch.Tensor:
         torch.sin(day_phase[..., None] * harmonics), torch.cos(day_phase[..., None] * harmonics),
         torch.sin(2 * math.pi * days[..., None] / periods), torch.cos(2 * math.pi * days[..., None] / periods),
     ]  # fmt: skip
-    return torch.cat(parts, dim=-1).float()
+    return torch.nan_to_num(torch.cat(parts, dim=-1), nan=0.0).float()
 
 
 class FusionBlock(nn.Module):

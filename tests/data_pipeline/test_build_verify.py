@@ -230,8 +230,8 @@ def test_no_machine_paths_in_committed_files():
 @pytest.mark.skipif(not SHARED_REAL.is_dir(), reason="shared real-sample pack not present beside the repo")
 def test_demo_files_are_byte_identical_to_the_shared_pack():
     records = {r["path"]: r["sha256"] for r in json.loads((SHARED_REAL / "manifest.json").read_text())["files"]}
-    data_files = [p for p in DEMO.rglob("*") if p.is_file() and p.suffix in (".tif", ".json", ".npy")]
-    assert len(data_files) == 59
+    data_files = [p for p in DEMO.rglob("*") if p.is_file() and p.suffix in (".tif", ".json", ".npy", ".geojson")]
+    assert len(data_files) == 60
     for path in data_files:
         assert sha256_file(path) == records[str(path.relative_to(DEMO))], path
 
