@@ -7,7 +7,7 @@ import torch
 
 from ringmoe.core.batch import SequenceBatch
 from ringmoe.models.skysense import SkySenseEncoder, date_encoding
-from ringmoe.objectives.skysense import TERMS, SkySenseLossSettings, SkySensePretrain
+from ringmoe.recipes.skysense import TERMS, SkySenseLossSettings, SkySensePretrain
 from ringmoe.objectives.views import augmented_view
 
 IN_CHANS = {"optical": 3, "multispectral": 4, "sar_amplitude": 3}

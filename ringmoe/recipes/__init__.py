@@ -1,0 +1,1 @@
+"""Pretraining recipes that compose models and objectives beyond RingMoE's own SimMIM (SkySense, ...)."""
