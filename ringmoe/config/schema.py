@@ -16,10 +16,30 @@ from ringmoe.core.errors import ConfigError
 from ringmoe.core.sensors import MODALITY_CHANNELS
 from ringmoe.core.structured import load_structured
 
+RECIPES = ("ringmoe", "skysense")
+
+
+@dataclass
+class FusionConfig:
+    """SkySense recipe only (``model.recipe: skysense``): the multi-modal temporal fusion transformer over the
+    per-date features of the spatial encoders (``depth`` blocks of ``heads`` heads; ``experts`` routed
+    collaborative experts per FFN beside the always-on one, 0: dense), the projection heads' width and the
+    geo-context prototypes (``prototype_cells`` sets of ``prototypes_per_cell``)."""
+
+    depth: int = 2
+    heads: int = 4
+    experts: int = 0
+    projection_dim: int = 64
+    prototype_cells: int = 64
+    prototypes_per_cell: int = 8
+
 
 @dataclass
 class ModelConfig:
-    """SwinV2-shaped hierarchical MoE encoder. Expert counts are per stage so pruned variants are configs."""
+    """SwinV2-shaped hierarchical MoE encoder. Expert counts are per stage so pruned variants are configs.
+
+    ``recipe``: ``ringmoe`` (this encoder with SimMIM decoders) or ``skysense`` (one such encoder per modality as
+    spatial encoders, a temporal fusion transformer, a student/EMA-teacher pair; see ``fusion``)."""
 
     name: str = "ringmoe_tiny"
     img_size: int = 64
@@ -50,9 +70,24 @@ class ModelConfig:
     # Extra decoder outputs per modality for the physical targets. Derived from ``RunConfig.objective`` when a run
     # config is validated (so it travels with the model config into checkpoints); not set by hand.
     decoder_extra_channels: dict[str, int] = field(default_factory=dict)
+    recipe: str = "ringmoe"
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def validate(self) -> None:
         stages = len(self.depths)
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"model.recipe {self.recipe!r} not in {RECIPES}")
+        fusion = self.fusion
+        if (
+            min(fusion.depth, fusion.heads, fusion.projection_dim, fusion.prototype_cells, fusion.prototypes_per_cell)
+            < 1
+        ):
+            raise ConfigError(f"model.fusion {fusion}: every size must be >= 1")
+        if fusion.experts < 0 or (self.embed_dim * 2 ** (stages - 1)) % fusion.heads:
+            raise ConfigError(
+                f"model.fusion: experts={fusion.experts} must be >= 0 and heads={fusion.heads} must divide the "
+                f"final width {self.embed_dim * 2 ** (stages - 1)}"
+            )
         for key in ("num_heads", "modal_experts", "collab_experts"):
             if len(getattr(self, key)) != stages:
                 raise ConfigError(f"model.{key} has {len(getattr(self, key))} entries, model.depths has {stages}")
@@ -237,6 +272,42 @@ class ObjectiveConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """SkySense objective (``model.recipe: skysense``; ``ringmoe.recipes.skysense``): multi-granularity
+    contrastive learning (``pixel``, ``object``, ``image``, ``cross_modal`` terms) and geo-context prototypes
+    (``prototypes``). ``weights``: per term, missing = 1.0. The teacher's EMA momentum rises from
+    ``teacher_momentum`` to 1 on a cosine over the run; views differ by a per-channel gain, noise and dropped
+    dates."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    temperature: float = 0.2
+    clusters: int = 4  # k-means regions per image for the object term
+    max_pixels: int = 1024  # positions drawn for the pixel term
+    cell_degrees: float = 1.0  # geographic cell size of the prototypes
+    prototype_momentum: float = 0.99
+    teacher_momentum: float = 0.99
+    view_gain: float = 0.1
+    view_noise: float = 0.02
+    view_drop_date: float = 0.3
+
+    def validate(self) -> None:
+        terms = ("pixel", "object", "image", "cross_modal", "prototypes")
+        unknown = sorted(set(self.weights) - set(terms))
+        if unknown:
+            raise ConfigError(f"contrastive.weights: unknown terms {unknown}; known: {list(terms)}")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
+            raise ConfigError(f"contrastive.weights {dict(self.weights)} must be finite and >= 0")
+        if self.temperature <= 0 or self.clusters < 1 or self.max_pixels < 2 or self.cell_degrees <= 0:
+            raise ConfigError(
+                f"contrastive: temperature={self.temperature} > 0, clusters={self.clusters} >= 1, "
+                f"max_pixels={self.max_pixels} >= 2 and cell_degrees={self.cell_degrees} > 0 are required"
+            )
+        for key in ("prototype_momentum", "teacher_momentum", "view_drop_date"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"contrastive.{key}={getattr(self, key)} must be in [0, 1)")
+
+
+@dataclass
 class TrainConfig:
     steps: int = 20
     lr: float = 1e-3
@@ -337,12 +408,20 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.data.validate()
         self.objective.validate()
         self.prune.validate()
+        self.contrastive.validate()
+        places = self.data.places_per_batch > 0
+        if (self.model.recipe == "skysense") != places:
+            raise ConfigError(
+                f"model.recipe={self.model.recipe!r} with data.places_per_batch={self.data.places_per_batch}: the "
+                "skysense recipe reads places (set data.places_per_batch > 0), ringmoe reads single images (0)"
+            )
         no_embedding = sorted(set(self.data.modalities) - set(self.model.in_chans))
         if no_embedding:
             raise ConfigError(

@@ -13,11 +13,10 @@ Terms (``SkySenseLoss.forward`` returns them all, weighted into ``loss/total``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from ringmoe.config.schema import ContrastiveConfig, FusionConfig
 from ringmoe.core.batch import SequenceBatch
 from ringmoe.models.ema import ema_update, make_teacher
 from ringmoe.models.skysense import SkySenseEncoder, SkySenseOutput
@@ -25,19 +24,6 @@ from ringmoe.objectives.contrastive import info_nce, object_contrast, pixel_cont
 from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell
 
 TERMS = ("pixel", "object", "image", "cross_modal", "prototypes")
-
-
-@dataclass
-class SkySenseLossSettings:
-    weights: dict[str, float]  # per term of TERMS; missing = 1.0
-    temperature: float = 0.2
-    projection_dim: int = 64
-    clusters: int = 4
-    max_pixels: int = 1024
-    cells: int = 64
-    prototypes_per_cell: int = 8
-    cell_degrees: float = 1.0
-    prototype_momentum: float = 0.99
 
 
 class Projection(nn.Module):
@@ -51,18 +37,18 @@ class Projection(nn.Module):
 
 
 class SkySensePretrain(nn.Module):
-    """Student encoder + heads (trained), teacher encoder + heads (EMA of the student), geo prototypes (EMA)."""
+    """Student encoder + heads (trained), teacher encoder + heads (EMA of the student), geo prototypes (EMA).
 
-    def __init__(self, encoder: SkySenseEncoder, settings: SkySenseLossSettings) -> None:
+    The structure comes from the model config; how it learns (``ContrastiveConfig``) is given at each call, so
+    a checkpoint rebuilds from its model config alone."""
+
+    def __init__(self, encoder: SkySenseEncoder, fusion: FusionConfig) -> None:
         super().__init__()
-        self.settings = settings
         self.student = encoder
-        self.student_heads = Projection(encoder.num_features, settings.projection_dim, encoder.modalities)
+        self.student_heads = Projection(encoder.num_features, fusion.projection_dim, encoder.modalities)
         self.teacher = make_teacher(encoder)
         self.teacher_heads = make_teacher(self.student_heads)
-        self.prototypes = GeoPrototypes(
-            settings.cells, settings.prototypes_per_cell, settings.projection_dim, momentum=settings.prototype_momentum
-        )
+        self.prototypes = GeoPrototypes(fusion.prototype_cells, fusion.prototypes_per_cell, fusion.projection_dim)
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -70,9 +56,17 @@ class SkySensePretrain(nn.Module):
         ema_update(self.teacher_heads, self.student_heads, momentum)
 
     def forward(
-        self, student_view: SequenceBatch, teacher_view: SequenceBatch, generator: torch.Generator, group=None
+        self,
+        student_view: SequenceBatch,
+        teacher_view: SequenceBatch,
+        settings: ContrastiveConfig,
+        generator: torch.Generator,
+        aux_coef: float = 0.0,
+        z_coef: float = 0.0,
+        group=None,
     ) -> tuple[torch.Tensor, dict[str, float], SkySenseOutput]:
-        settings = self.settings
+        """The weighted sum of the terms plus the student's router losses (``aux_coef``, ``z_coef``)."""
+        self.prototypes.momentum = settings.prototype_momentum
         s = self.student(student_view)
         with torch.no_grad():
             self.teacher.eval()
@@ -87,18 +81,19 @@ class SkySensePretrain(nn.Module):
                 sh.pixel(s.fused), th.pixel(t.fused).detach(), settings.clusters, settings.temperature
             ),
             "image": info_nce(s_image, t_image, settings.temperature),
-            "cross_modal": self._cross_modal(s, t),
+            "cross_modal": self._cross_modal(s, t, settings.temperature),
         }
-        cells = geo_cell(
-            student_view.location[:, 0], student_view.location[:, 1], settings.cell_degrees, settings.cells
-        )
+        lon, lat = student_view.location[:, 0], student_view.location[:, 1]
+        cells = geo_cell(lon, lat, settings.cell_degrees, self.prototypes.prototypes.shape[0])
         terms["prototypes"], proto_stats = self.prototypes(s_image, t_image, cells.to(s_image.device), group)
         total = sum(settings.weights.get(name, 1.0) * value for name, value in terms.items())
+        total = total + aux_coef * s.aux_loss + z_coef * s.z_loss
         metrics = {f"loss/{name}": float(value.detach()) for name, value in terms.items()}
+        metrics.update({"loss/aux": float(s.aux_loss.detach()), "loss/z": float(s.z_loss.detach())})
         metrics.update({f"prototypes/{k}": float(v) for k, v in proto_stats.items()})
         return total, metrics, s
 
-    def _cross_modal(self, s: SkySenseOutput, t: SkySenseOutput) -> torch.Tensor:
+    def _cross_modal(self, s: SkySenseOutput, t: SkySenseOutput, temperature: float) -> torch.Tensor:
         """InfoNCE from each modality's student features to another modality's teacher features of the same
         samples (those that have both); 0 when no two samples share two modalities. Every head stays in the
         graph with a zero term, so every rank reduces the same gradients whatever its batch holds."""
@@ -111,6 +106,6 @@ class SkySensePretrain(nn.Module):
                     continue
                 query = sh.modality[a](s.per_modality[a].mean(dim=(2, 3))[both])
                 key = th.modality[b](t.per_modality[b].mean(dim=(2, 3))[both]).detach()
-                losses.append(info_nce(query, key, self.settings.temperature))
+                losses.append(info_nce(query, key, temperature))
         connected = 0.0 * sum(p.sum() for p in sh.modality.parameters())
         return (torch.stack(losses).mean() if losses else 0.0) + connected

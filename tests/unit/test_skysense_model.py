@@ -7,7 +7,8 @@ import torch
 
 from ringmoe.core.batch import SequenceBatch
 from ringmoe.models.skysense import SkySenseEncoder, date_encoding
-from ringmoe.recipes.skysense import TERMS, SkySenseLossSettings, SkySensePretrain
+from ringmoe.config.schema import ContrastiveConfig, FusionConfig
+from ringmoe.recipes.skysense import TERMS, SkySensePretrain
 from ringmoe.objectives.views import augmented_view
 
 IN_CHANS = {"optical": 3, "multispectral": 4, "sar_amplitude": 3}
@@ -87,11 +88,12 @@ def test_every_spatial_encoder_is_in_the_backward_graph():
 
 
 def test_pretraining_step_logs_every_term_and_trains_only_the_student():
-    model = SkySensePretrain(tiny_encoder(), SkySenseLossSettings(weights={}, cells=4096, prototypes_per_cell=4))
+    model = SkySensePretrain(tiny_encoder(), FusionConfig(prototype_cells=4096, prototypes_per_cell=4))
     generator = torch.Generator().manual_seed(0)
     batch = sequence_batch()
     before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
-    loss, metrics, _ = model(augmented_view(batch, generator), augmented_view(batch, generator), generator)
+    views = augmented_view(batch, generator), augmented_view(batch, generator)
+    loss, metrics, _ = model(*views, ContrastiveConfig(), generator, aux_coef=0.01)
     assert set(metrics) >= {f"loss/{t}" for t in TERMS} and all(
         torch.isfinite(torch.tensor(v)) for v in metrics.values()
     )
