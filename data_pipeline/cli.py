@@ -1,4 +1,5 @@
-"""``ringmoe-data build|stats --config FILE [key=value ...]`` and ``ringmoe-data verify DIR``.
+"""``ringmoe-data build|stats --config FILE [key=value ...]``, ``ringmoe-data verify DIR`` and
+``ringmoe-data eopatch BANDS.npy OUT --patch EOPATCH`` (eo-learn arrays -> GeoTIFF per date).
 
 A ``RingMoEError`` (bad config key, missing band file, corrupt shard) prints ``error: <message>`` and exits 2.
 Bad inputs are quarantined and counted in the summary (and the manifest); ``--strict`` fails on the first.
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     verify_cmd.add_argument("--deep", action="store_true", help="also decode and check every sample")
     verify_cmd.add_argument("--strict", action="store_true", help="stop at the first problem")
     verify_cmd.add_argument("--report", type=Path, help="write the full report (every problem) as JSON here")
+    eopatch_cmd = commands.add_parser("eopatch", help="eo-learn EOPatch band array -> one GeoTIFF per date")
+    eopatch_cmd.add_argument(
+        "bands", type=Path, help="(time, H, W, bands) reflectance .npy, e.g. data/BANDS-S2-L1C.npy"
+    )
+    eopatch_cmd.add_argument("out", type=Path, help="folder for <prefix>_<date>.tif")
+    eopatch_cmd.add_argument("--patch", type=Path, required=True, help="EOPatch folder (timestamps.json, bbox.geojson)")
+    eopatch_cmd.add_argument("--frame-dates", help="timestamps index of each frame, comma-separated (default 0..T-1)")
+    eopatch_cmd.add_argument("--prefix", default="eopatch")
+    eopatch_cmd.add_argument("--valid", type=Path, help="per-date validity .npy (e.g. mask/IS_VALID.npy): masks/*.tif")
     return parser
 
 
@@ -90,11 +100,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         return _verify(checks, time.perf_counter())
             elif args.command == "stats":
                 return _stats(args, start)
+            elif args.command == "eopatch":
+                return _eopatch(args)
             else:
                 return _verify(args, start)
     except RingMoEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _eopatch(args: argparse.Namespace) -> int:
+    from data_pipeline.eopatch import eopatch_to_geotiffs
+
+    frames = [int(v) for v in args.frame_dates.split(",")] if args.frame_dates else None
+    written = eopatch_to_geotiffs(
+        args.bands, args.patch / "timestamps.json", args.patch / "bbox.geojson", args.out, frames,
+        prefix=args.prefix, valid_file=args.valid,
+    )  # fmt: skip
+    print(f"wrote {len(written)} GeoTIFFs to {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
 

@@ -25,9 +25,9 @@ from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json
 from ringmoe.core.structured import from_dict, to_dict
-from ringmoe.models.build import build_model
 from ringmoe.parallel.moe_keys import is_expert_key, to_single_device_key
 from ringmoe.parallel.tp_layout import Shard, model_shards
+from ringmoe.recipes.build import build_pretraining_model
 
 log = logging.getLogger(__name__)
 MODEL_CONFIG_NAME = "ringmoe_model.json"
@@ -46,7 +46,7 @@ def load_checkpoint_file(path: Path, mmap: bool = False) -> dict:
 
 def meta_model(model_config: ModelConfig):
     with torch.device("meta"):
-        return build_model(model_config)
+        return build_pretraining_model(model_config)
 
 
 def expected_state(model_config: ModelConfig) -> dict[str, torch.Size]:

@@ -441,6 +441,11 @@ class RunConfig:
                     raise ConfigError(
                         f"model.{key}[{stage}]={count} is not divisible by parallel.expert_parallel_size={ep}"
                     )
+        if self.model.recipe == "skysense" and self.model.fusion.experts % ep:
+            raise ConfigError(
+                f"model.fusion.experts={self.model.fusion.experts} is not divisible by "
+                f"parallel.expert_parallel_size={ep}"
+            )
         tp = self.parallel.tensor_parallel_size
         for stage, heads in enumerate(self.model.num_heads):
             if heads % tp:

@@ -50,6 +50,13 @@ class SkySensePretrain(nn.Module):
         self.teacher_heads = make_teacher(self.student_heads)
         self.prototypes = GeoPrototypes(fusion.prototype_cells, fusion.prototypes_per_cell, fusion.projection_dim)
 
+    def freeze_teacher(self) -> None:
+        """No gradient and no optimizer for the teacher; call again after parallelization swaps in new modules
+        (expert-parallel layers are built trainable)."""
+        for module in (self.teacher, self.teacher_heads):
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         ema_update(self.teacher, self.student, momentum)

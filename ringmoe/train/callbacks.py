@@ -46,7 +46,7 @@ class Throughput(Callback):
     """tokens/s, samples/s, achieved TFLOP/s per device and MFU against ``peak_tflops`` (per device; 0 = unknown).
 
     FLOPs are the model's (3x the analytic forward FLOPs per sample), so recomputation from activation
-    checkpointing counts as overhead, as MFU requires."""
+    checkpointing counts as overhead, as MFU requires; 0 FLOPs (unknown) leaves TFLOP/s and MFU out."""
 
     name = "throughput"
 
@@ -57,15 +57,17 @@ class Throughput(Callback):
 
     def on_step(self, info: StepInfo, metrics: dict[str, float]) -> None:
         seconds = max(info.seconds, 1e-9)
-        tflops = self.train_flops_per_sample * info.samples / seconds / self.devices / 1e12
         metrics.update(
             {
                 "throughput/samples_per_s": info.samples / seconds,
                 "throughput/tokens_per_s": info.tokens / seconds,
-                "throughput/tflops_per_device": tflops,
                 "throughput/step_s": info.seconds,
             }
         )
+        if self.train_flops_per_sample <= 0:
+            return  # FLOPs unknown for this model: no TFLOP/s or MFU rather than a wrong one
+        tflops = self.train_flops_per_sample * info.samples / seconds / self.devices / 1e12
+        metrics["throughput/tflops_per_device"] = tflops
         if self.peak_tflops > 0:
             metrics["throughput/mfu"] = tflops / self.peak_tflops
 

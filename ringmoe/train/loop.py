@@ -21,16 +21,16 @@ from ringmoe.checkpoint.resume import (
 )
 from ringmoe.checkpoint.save import save_checkpoint
 from ringmoe.config.schema import RunConfig
-from ringmoe.core.errors import ConfigError, TrainingError
+from ringmoe.core.errors import TrainingError
 from ringmoe.core.files import atomic_write_json
 from ringmoe.data.loader import build_loader
-from ringmoe.models.build import build_model
 from ringmoe.models.size import forward_flops_per_sample
 from ringmoe.objectives.build import build_objective
 from ringmoe.parallel.distributed import init_distributed
 from ringmoe.parallel.engine import build_engine
 from ringmoe.parallel.parallelize import parallelize
 from ringmoe.parallel.topology import init_topology
+from ringmoe.recipes.build import build_pretraining_model
 from ringmoe.train import rng
 from ringmoe.train.callbacks import (
     Accounting,
@@ -43,6 +43,7 @@ from ringmoe.train.callbacks import (
 )
 from ringmoe.train.metrics import MetricLogger
 from ringmoe.train.preemption import PREEMPTED_MARKER, PreemptionWatch
+from ringmoe.train.steps import RingMoEStep, SkySenseStep
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class TrainResult:
 
 def train(config: RunConfig) -> TrainResult:
     config.validate()
-    objective = build_objective(config.objective, config.model)  # before any process group: config errors first
+    # Before any process group: config errors first.
+    objective = build_objective(config.objective, config.model) if config.model.recipe == "ringmoe" else None
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"
     resume_from = resolve_resume(config.train.resume, checkpoints)
@@ -73,8 +75,10 @@ def train(config: RunConfig) -> TrainResult:
     if config.train.init_from and resume_from is None:
         single_device = initial_model(Path(config.train.init_from))  # e.g. fine-tuning a pruned model
     else:
-        single_device = build_model(config.model, seed=config.train.seed)
+        single_device = build_pretraining_model(config.model, seed=config.train.seed)
     model = parallelize(single_device, topology, config.parallel.expert_parallel_size)
+    if hasattr(model, "freeze_teacher"):
+        model.freeze_teacher()  # an EMA teacher: parallelization's new layers must not reach the optimizer
     engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
     # Data (and masks) follow the data-parallel rank: the ranks of one TP group work on the same samples.
     data_rank, data_world = topology.data_rank, topology.data_parallel_size
@@ -84,8 +88,9 @@ def train(config: RunConfig) -> TrainResult:
     world = dist.get_world_size()
     callbacks: list[Callback] = []
     if config.train.callbacks:
+        flops = forward_flops_per_sample(config.model)["total"] if config.model.recipe == "ringmoe" else 0.0
         callbacks = [
-            Throughput(forward_flops_per_sample(config.model)["total"], world, config.train.peak_tflops_per_device),
+            Throughput(flops, world, config.train.peak_tflops_per_device),
             RouterLoad(replicas=config.parallel.tensor_parallel_size),
             Accounting(world, config.train.watts_per_device),
         ]
@@ -115,7 +120,12 @@ def train(config: RunConfig) -> TrainResult:
         )  # fmt: skip
 
     tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
-    micro = _MicroBatches(engine, objective, batches, mask_rng, config)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
+    if config.model.recipe == "ringmoe":
+        recipe = RingMoEStep(objective, mask_rng, config, engine.device, dtype)
+    else:
+        recipe = SkySenseStep(mask_rng, config, engine.device, dtype)
+    micro = _MicroBatches(engine, recipe, batches, config)
     logger = MetricLogger(output_dir, config.train.steps, result.start_step, enabled=rank == 0)
     step = result.start_step
     try:
@@ -185,14 +195,12 @@ class _MicroBatches:
     row abort. One all-reduce per micro-batch agrees on the loss, on non-finite losses and on preemption
     requests, so every rank takes the same branch."""
 
-    def __init__(self, engine, objective, batches, mask_rng: torch.Generator, config: RunConfig) -> None:
-        self.engine, self.objective, self.batches, self.mask_rng = engine, objective, batches, mask_rng
+    def __init__(self, engine, recipe, batches, config: RunConfig) -> None:
+        """``recipe``: a ``train.steps`` step (inputs go where the engine's weights are, in their dtype:
+        DeepSpeed casts only plain tensor inputs)."""
+        self.engine, self.recipe, self.batches = engine, recipe, batches
         self.accumulation = config.train.gradient_accumulation_steps
         self.max_nonfinite = config.train.max_nonfinite_steps
-        self.img_size = config.model.img_size
-        # Inputs go where the engine's weights are, in their dtype (DeepSpeed casts only plain tensor inputs).
-        self.device = engine.device
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
         self.watch = PreemptionWatch()
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -201,12 +209,7 @@ class _MicroBatches:
         outcome = _StepOutcome()
         while outcome.micro_batches < self.accumulation:
             batch = next(self.batches)
-            _check_tile_size(batch.images, self.img_size)
-            step_masks = self.objective.masks.for_batch(batch, self.mask_rng)  # drawn on the CPU: same on any device
-            batch = batch.to(self.device, self.dtype)
-            step_masks = {m: mask.to(self.device) for m, mask in step_masks.items()}
-            reconstructions, output = self.engine(batch, step_masks)
-            loss, metrics = self.objective(batch, reconstructions, output, step_masks)
+            loss, metrics, output = self.recipe.forward(self.engine, batch)
             finite = bool(torch.isfinite(loss.detach()))
             agreed = torch.tensor([float(loss.detach()) if finite else 0.0, float(not finite), *self.watch.flags()])
             dist.all_reduce(agreed)
@@ -221,8 +224,9 @@ class _MicroBatches:
             self.engine.step()
             outcome.loss_sum += loss_sum
             outcome.micro_batches += 1
-            outcome.samples += sum(batch.sizes().values())
+            outcome.samples += self.recipe.samples(batch)
             outcome.metrics, outcome.output = metrics, output
+        self.recipe.after_optimizer_step(self.engine, step)
         return outcome
 
     def _count_nonfinite(self, step: int, ranks: int) -> None:
@@ -247,12 +251,3 @@ def _loss_scale(engine) -> float:
         if isinstance(value, (int, float, torch.Tensor)):
             return float(value)
     return 1.0
-
-
-def _check_tile_size(images: dict[str, torch.Tensor], img_size: int) -> None:
-    for modality, tensor in images.items():
-        if tuple(tensor.shape[-2:]) != (img_size, img_size):
-            raise ConfigError(
-                f"data: {modality} tiles are {tuple(tensor.shape[-2:])}, model.img_size is {img_size}; "
-                "rebuild the shards with a matching tile_size or change model.img_size"
-            )
