@@ -39,8 +39,35 @@ def parse_layout(text: str) -> Layout:
     )
 
 
+def skysense_info(config) -> str:
+    """Parameters of the SkySense recipe by part (meta device): the released encoder and what pretraining adds."""
+    from ringmoe.recipes.build import build_pretraining_model
+
+    with torch.device("meta"):
+        model = build_pretraining_model(config)
+    encoder = model.student
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    spatial = {m: count(e) for m, e in encoder.spatial.items()}
+    total_encoder = count(encoder)
+    lines = [
+        f"{config.name}: {_count(total_encoder)} encoder parameters (SkySense recipe), "
+        f"{_count(count(model))} in pretraining (student, EMA teacher, heads; prototypes are a buffer)",
+        f"  input {config.img_size}x{config.img_size} per date, patch {config.patch_size}, depths {config.depths}, "
+        f"width {config.embed_dim}; fusion depth {config.fusion.depth}, {config.fusion.heads} heads, "
+        f"{config.fusion.experts} routed experts per FFN",
+    ]
+    lines += [f"  spatial encoder {m:<16}{n:>16,}" for m, n in spatial.items()]
+    lines.append(f"  {'temporal fusion':<32}{total_encoder - sum(spatial.values()):>16,}")
+    return "\n".join(lines)
+
+
 def model_info(path: str | Path, overrides: Sequence[str] = (), layouts: Sequence[Layout] = ()) -> str:
     config = load_model_config(path, overrides)
+    if config.recipe == "skysense":
+        return skysense_info(config)
     with torch.device("meta"):
         model = build_model(config)
     report = parameter_report(model, list(config.in_chans))

@@ -27,11 +27,11 @@ from torch import nn
 
 from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, load_consolidated_model, read_deepspeed_checkpoint
 from ringmoe.checkpoint.save import META_NAME
-from ringmoe.config.schema import load_model_config
-from ringmoe.core.batch import MultiModalBatch
+from ringmoe.config.schema import ModelConfig, load_model_config
+from ringmoe.core.batch import MultiModalBatch, SequenceBatch
 from ringmoe.core.errors import CheckpointError, RingMoEError
 from ringmoe.core.modalities import MODALITIES
-from ringmoe.models.build import build_model
+from ringmoe.recipes.build import build_pretraining_model
 
 
 class EncoderUnavailable(RingMoEError):
@@ -44,8 +44,8 @@ class FrozenEncoder:
     modalities: list[str]
     module: nn.Module
     img_size: int
-    # How the module is called: "ringmoe" with a MultiModalBatch, "huggingface" with pixel_values, "images"
-    # (baselines) with the images and their modality.
+    # How the module is called: "ringmoe" with a MultiModalBatch, "huggingface" with pixel_values, "skysense"
+    # (and "skysense_hf") with a one-date SequenceBatch (pixel_values), "images" (baselines) with the images.
     interface: str = "ringmoe"
     device: str = "cpu"  # where the module runs; features always come back on the CPU
 
@@ -63,6 +63,10 @@ class FrozenEncoder:
         images = images.to(self.device)
         if self.interface == "huggingface":
             maps = self.module(pixel_values={modality: images}, output_hidden_states=True).hidden_states
+        elif self.interface == "skysense_hf":  # one date: (B, 1, C, H, W)
+            maps = self.module(pixel_values={modality: images[:, None]}, output_hidden_states=True).hidden_states
+        elif self.interface == "skysense":
+            maps = _skysense_stages(self.module, images, modality)
         elif self.interface == "images":
             maps = self.module(images, modality)
         else:
@@ -74,6 +78,18 @@ class FrozenEncoder:
 
     def pooled(self, images: torch.Tensor, modality: str) -> torch.Tensor:
         return self.features(images, modality).mean(dim=(2, 3))
+
+
+def _skysense_stages(encoder: nn.Module, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
+    """The modality's spatial-encoder stages, then the fused map, for one date per image (the HF model's
+    ``hidden_states`` order)."""
+    one = torch.ones(len(images), 1, dtype=torch.bool)
+    batch = SequenceBatch(
+        {modality: images[:, None]}, {modality: one}, {modality: torch.full((len(images), 1), float("nan"))},
+        images.new_zeros(len(images), 2),
+    )  # fmt: skip
+    spatial = encoder.spatial[modality](MultiModalBatch({modality: images})).stage_features
+    return [*spatial[:-1], encoder(batch).fused]
 
 
 class PixelStatistics(nn.Module):
@@ -104,14 +120,20 @@ class TimmBackbone(nn.Module):
         return list(self.backbone((rgb - self.mean) / self.std))
 
 
+def _released(model: nn.Module, config: ModelConfig, name: str) -> FrozenEncoder:
+    """The encoder a pretraining model releases: RingMoE's encoder, or SkySense's EMA teacher."""
+    if config.recipe == "skysense":
+        return FrozenEncoder(name, list(config.in_chans), model.teacher, config.img_size, "skysense")
+    return FrozenEncoder(name, list(config.in_chans), model.encoder, config.img_size)
+
+
 def load_encoder(source: str | Path) -> FrozenEncoder:
     text = str(source)
     if text.startswith("random:"):
         spec, _, seed = text.removeprefix("random:").partition("@")
         config = load_model_config(spec)
-        model = build_model(config, seed=int(seed or 0))
-        name = f"random init ({Path(spec).stem}, seed {seed or 0})"
-        return FrozenEncoder(name, list(config.in_chans), model.encoder, config.img_size)
+        model = build_pretraining_model(config, seed=int(seed or 0))
+        return _released(model, config, f"random init ({Path(spec).stem}, seed {seed or 0})")
     if text == "pixels" or text.startswith("pixels:"):
         size = int(text.partition(":")[2] or 64)
         return FrozenEncoder(f"pixel statistics ({size} px)", list(MODALITIES), PixelStatistics(), size, "images")
@@ -122,18 +144,24 @@ def load_encoder(source: str | Path) -> FrozenEncoder:
     path = Path(source)
     if (path / META_NAME).is_file():
         state, config = read_deepspeed_checkpoint(path)
-        model = build_model(config)
+        model = build_pretraining_model(config)
         model.load_state_dict(state)
-        return FrozenEncoder(f"checkpoint {path.name}", list(config.in_chans), model.encoder, config.img_size)
+        return _released(model, config, f"checkpoint {path.name}")
     if (path / MODEL_CONFIG_NAME).is_file():
         model, config = load_consolidated_model(path)
-        return FrozenEncoder(f"consolidated {path.name}", list(config.in_chans), model.encoder, config.img_size)
-    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get(
-        "model_type"
-    ) == "ringmoe":
+        return _released(model, config, f"consolidated {path.name}")
+    model_type = (
+        json.loads((path / "config.json").read_text()).get("model_type") if (path / "config.json").is_file() else None
+    )
+    if model_type in ("ringmoe", "skysense"):
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(str(path), trust_remote_code=True)
+        if model_type == "skysense":
+            encoder = model.config.encoder
+            return FrozenEncoder(
+                f"huggingface {path.name}", list(encoder["in_chans"]), model, encoder["img_size"], "skysense_hf"
+            )
         modalities = list(model.config.in_chans)
         return FrozenEncoder(f"huggingface {path.name}", modalities, model, model.config.img_size, "huggingface")
     raise CheckpointError(
