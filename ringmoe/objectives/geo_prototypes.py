@@ -45,6 +45,8 @@ class GeoPrototypes(nn.Module):
         super().__init__()
         self.temperature, self.momentum, self.epsilon, self.iterations = temperature, momentum, epsilon, iterations
         self.register_buffer("prototypes", F.normalize(torch.randn(cells, per_cell, dim), dim=-1))
+        # The student's hard choices so far, per cell and prototype (all ranks): the collapse monitor.
+        self.register_buffer("choices", torch.zeros(cells, per_cell, dtype=torch.float64))
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, cell: torch.Tensor, group=None
@@ -53,12 +55,15 @@ class GeoPrototypes(nn.Module):
         ``assignment_entropy`` (entropy of the mean Sinkhorn assignment of each cell's samples over its
         prototypes, divided by log K: 1 when every prototype is used equally, 0 when one takes all) and
         ``prediction_entropy`` (the same for the student's hard choices: prototypes that collapsed onto one
-        vector make every sample choose the same one, 0)."""
+        vector make every sample choose the same one, 0) of this batch, and ``usage_entropy``: the same over
+        every choice made so far (cells with at least K of them, so absent until there are), which does not
+        depend on the batch size."""
         s, t = F.normalize(student, dim=1), F.normalize(teacher.detach(), dim=1)
         prototypes = self.prototypes.clone()  # the loss keeps this copy for backward; the EMA edits the buffer
         per_cell = prototypes.shape[1]
         loss = s.new_zeros(())
         update = torch.zeros_like(self.prototypes)
+        counted = torch.zeros_like(self.choices)
         entropies, predicted = [], []
         for c in cell.unique().tolist():
             members = cell == c
@@ -70,19 +75,33 @@ class GeoPrototypes(nn.Module):
             entropies.append(_normalized_entropy(q.mean(dim=0)))
             choices = torch.bincount(log_p.argmax(dim=1), minlength=per_cell)
             predicted.append(_normalized_entropy(choices / choices.sum()))
+            counted[c] = choices.to(counted)
         if self.training:
-            self._ema(update, group)
+            self._ema(update, counted, group)
         stats = {
             "assignment_entropy": sum(entropies) / len(entropies),
             "prediction_entropy": sum(predicted) / len(predicted),
             "cells": len(entropies),
         }
+        usage = self.usage_entropy()
+        if not math.isnan(usage):  # logged once some cell has K choices
+            stats["usage_entropy"] = usage
         return loss / len(s), stats
 
+    def usage_entropy(self) -> float:
+        """Normalized entropy of the accumulated choices, averaged over cells with >= K choices (NaN: none)."""
+        per_cell = self.choices.shape[1]
+        seen = self.choices.sum(dim=1) >= per_cell
+        if not seen.any():
+            return float("nan")
+        return sum(_normalized_entropy(row / row.sum()) for row in self.choices[seen]) / int(seen.sum())
+
     @torch.no_grad()
-    def _ema(self, update: torch.Tensor, group) -> None:
+    def _ema(self, update: torch.Tensor, counted: torch.Tensor, group) -> None:
         if group is not None and dist.is_initialized():
             dist.all_reduce(update, group=group)
+            dist.all_reduce(counted, group=group)
+        self.choices.add_(counted)
         touched = update.norm(dim=-1, keepdim=True) > 0
         moved = F.normalize(self.momentum * self.prototypes + (1 - self.momentum) * F.normalize(update, dim=-1), dim=-1)
         self.prototypes.copy_(torch.where(touched, moved, self.prototypes))

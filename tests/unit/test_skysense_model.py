@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from ringmoe.config.schema import ContrastiveConfig, FusionConfig
 from ringmoe.core.batch import SequenceBatch
 from ringmoe.models.skysense import SkySenseEncoder, date_encoding
-from ringmoe.config.schema import ContrastiveConfig, FusionConfig
-from ringmoe.recipes.skysense import TERMS, SkySensePretrain
 from ringmoe.objectives.views import augmented_view
+from ringmoe.recipes.skysense import TERMS, SkySensePretrain
 
 IN_CHANS = {"optical": 3, "multispectral": 4, "sar_amplitude": 3}
 

@@ -128,5 +128,10 @@ def test_geo_prototypes_do_not_collapse_while_learning():
     # Normalized by log K = log 8; 4 clusters used evenly give log 4 / log 8 = 0.67 for hard choices.
     assert min(a for a, _ in entropies) > 0.9 and min(p for _, p in entropies[5:]) > 0.4, entropies
     module.prototypes.copy_(module.prototypes[:, :1].expand_as(module.prototypes))  # collapse them all
+    assert stats["usage_entropy"] > 0.4  # over all 30 x 64 choices
     _, collapsed = module(student(x), x, torch.zeros(64, dtype=torch.long))
     assert collapsed["prediction_entropy"] == 0.0  # the monitor sees a collapse
+    module.choices.zero_()
+    for _ in range(3):
+        _, collapsed = module(student(x), x, torch.zeros(64, dtype=torch.long))
+    assert collapsed["usage_entropy"] == 0.0
