@@ -87,3 +87,20 @@ def test_cli_takes_overrides_after_options_and_rejects_other_leftovers(capsys) -
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
     assert main(["prune", "missing_dir", "out", "--config", str(TINY), "prune.budget=1M"]) == 2
     assert "missing_dir/ringmoe_model.json: missing" in capsys.readouterr().err
+
+
+def test_recipe_and_places_must_agree_and_contrastive_keys_are_checked():
+    from pathlib import Path
+
+    from ringmoe.config.schema import load_config
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "skysense_tiny.yaml"
+    assert load_config(tiny).model.recipe == "skysense"
+    with pytest.raises(ConfigError, match="the skysense recipe reads places"):
+        load_config(tiny, ["data.places_per_batch=0"])
+    with pytest.raises(ConfigError, match="contrastive.weights: unknown terms \\['pixels'\\]"):
+        load_config(tiny, ["contrastive.weights.pixels=2.0"])
+    with pytest.raises(ConfigError, match="model.fusion.experts=3 is not divisible"):
+        load_config(tiny, ["model.fusion.experts=3"])
+    with pytest.raises(ConfigError, match="data.max_dates"):
+        load_config(tiny, ["data.max_dates.optical=2"])

@@ -126,3 +126,20 @@ def test_cli_prints_the_memory_of_the_three_layouts(capsys):
     table = capsys.readouterr().out.split("memory per rank")[1].splitlines()[2:]
     assert [int(row.split()[0]) for row in table] == [8, 64, 256]
     assert all(float(row.split()[-1]) < 80 for row in table)  # fits 80 GB GPUs
+
+
+def test_skysense_paper_scale_config_on_the_meta_device(capsys):
+    """The SkySense paper's model has 2.06B parameters; ours, from the same code as the tiny recipe, 2.081B."""
+    from ringmoe.recipes.build import build_pretraining_model
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "skysense_2b.yaml"
+    config = load_config(path)
+    with torch.device("meta"):
+        model = build_pretraining_model(config.model)
+    encoder = sum(p.numel() for p in model.student.parameters())
+    assert encoder == pytest.approx(2.06e9, rel=0.02)
+    assert sum(p.numel() for p in model.teacher.parameters()) == encoder  # the EMA teacher is a full copy
+    assert main(["model-info", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "skysense_2b: 2.081B encoder parameters" in printed and "temporal fusion" in printed
+    assert set(model.student.spatial) == {"optical", "multispectral", "sar_amplitude"}
