@@ -1,7 +1,7 @@
 """SkySense pretraining: multi-granularity contrastive learning between a student and its EMA teacher, across
 augmented views and across modalities, plus geo-context prototype learning.
 
-Terms (``SkySenseLoss.forward`` returns them all, weighted into ``loss/total``):
+Terms (``SkySensePretrain.forward`` returns them all, weighted into ``loss/total``):
 
 - ``pixel``: fused feature maps of the two views, position by position;
 - ``object``: regions found by k-means on the teacher's fused map, region means contrasted;
