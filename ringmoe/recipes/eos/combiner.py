@@ -1,0 +1,46 @@
+"""The learned combiner of an ensemble of frozen specialists: each specialist's pooled features are projected to
+a common width and tagged with a specialist embedding; a learned query attends over the specialists a sample
+has (the others are masked) and gives the ensemble representation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Combiner(nn.Module):
+    def __init__(self, feature_dims: dict[str, int], dim: int, heads: int = 4, num_classes: int = 0) -> None:
+        super().__init__()
+        self.names = list(feature_dims)
+        self.project = nn.ModuleDict({n: nn.Linear(d, dim) for n, d in feature_dims.items()})
+        self.specialist_embed = nn.Parameter(torch.zeros(len(self.names), dim))
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes) if num_classes else None
+        nn.init.trunc_normal_(self.specialist_embed, std=0.02)
+        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def forward(
+        self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features``: specialist -> (B, D_s) pooled features (a specialist absent from the dict is absent for
+        every sample); ``present``: specialist -> (B,) bool. Returns the representation (B, dim) and the
+        attention weight of each specialist (B, S)."""
+        size = next(iter(features.values())).shape[0]
+        tokens, mask = [], []
+        for index, name in enumerate(self.names):
+            if name in features:
+                tokens.append(self.project[name](features[name]) + self.specialist_embed[index])
+                has = present.get(name) if present else None
+                mask.append(has if has is not None else torch.ones(size, dtype=torch.bool))
+            else:
+                tokens.append(self.specialist_embed[index].expand(size, -1))
+                mask.append(torch.zeros(size, dtype=torch.bool))
+        keys = torch.stack(tokens, dim=1)
+        available = torch.stack(mask, dim=1).to(keys.device)
+        if not available.any(dim=1).all():
+            raise ValueError("every sample needs at least one specialist's features")
+        out, weights = self.attn(self.query.expand(size, -1, -1), keys, keys, key_padding_mask=~available)
+        representation = self.norm(out[:, 0])
+        return (self.head(representation) if self.head is not None else representation), weights[:, 0]

@@ -1,0 +1,59 @@
+"""Ensemble-of-Specialists building blocks: the registry keeps added specialists byte-identical and refuses a
+changed one; the combiner attends only over the specialists a sample has."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ringmoe.core.errors import CheckpointError
+from ringmoe.models.convnextv2 import convnextv2
+from ringmoe.recipes.eos.combiner import Combiner
+from ringmoe.recipes.eos.registry import REGISTRY_NAME, SpecialistRegistry
+
+
+def test_adding_a_specialist_leaves_the_others_byte_identical(tmp_path):
+    registry = SpecialistRegistry(tmp_path)
+    torch.manual_seed(0)
+    registry.add("s2", convnextv2("atto", 4), "sentinel2_l2a", "multispectral", "masked-modelling", "atto")
+    before = registry.checksums()
+    torch.manual_seed(1)
+    record = SpecialistRegistry(tmp_path).add(
+        "s1", convnextv2("atto", 3), "sentinel1_grd", "sar_amplitude", "mim", "atto"
+    )
+    reopened = SpecialistRegistry(tmp_path)
+    assert reopened.checksums()["s2"] == before["s2"] and set(reopened.records) == {"s1", "s2"}
+    assert record.parameters == sum(p.numel() for p in convnextv2("atto", 3).parameters())
+    loaded = reopened.load("s2")
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    with pytest.raises(CheckpointError, match="specialist 's2' exists"):
+        reopened.add("s2", convnextv2("atto", 4), "x", "multispectral", "mim", "atto")
+
+
+def test_a_changed_or_missing_specialist_is_refused(tmp_path):
+    registry = SpecialistRegistry(tmp_path)
+    registry.add("s2", convnextv2("atto", 4), "sentinel2_l2a", "multispectral", "mim", "atto")
+    weights = tmp_path / "s2.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="s2.safetensors: missing or its sha256 differs"):
+        SpecialistRegistry(tmp_path).load("s2")
+    (tmp_path / REGISTRY_NAME).write_text('{"format_version": 9}')
+    with pytest.raises(CheckpointError, match="not a specialist registry"):
+        SpecialistRegistry(tmp_path)
+
+
+def test_combiner_masks_absent_specialists():
+    torch.manual_seed(0)
+    combiner = Combiner({"s2": 320, "s1": 160}, dim=32)
+    s2, s1 = torch.randn(3, 320), torch.randn(3, 160)
+    present = {"s2": torch.tensor([True, True, False]), "s1": torch.tensor([True, False, True])}
+    out, weights = combiner({"s2": s2, "s1": s1}, present)
+    assert out.shape == (3, 32)
+    assert weights[1, 1] == 0 and weights[2, 0] == 0 and torch.allclose(weights.sum(dim=1), torch.ones(3))
+    # What a sample does not have cannot change its representation.
+    other, _ = combiner({"s2": s2, "s1": s1 + 5.0 * torch.tensor([[0.0], [1.0], [0.0]])}, present)
+    assert torch.equal(other[1], out[1])
+    only_s2, _ = combiner({"s2": s2})
+    assert only_s2.shape == (3, 32)
