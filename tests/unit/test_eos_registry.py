@@ -57,3 +57,24 @@ def test_combiner_masks_absent_specialists():
     assert torch.equal(other[1], out[1])
     only_s2, _ = combiner({"s2": s2})
     assert only_s2.shape == (3, 32)
+
+
+def test_specialist_masked_pretraining_learns_real_tiles_and_repeats():
+    from ringmoe.eval.datasets import ADAPTERS
+    from ringmoe.models.convnextv2 import ConvNeXtV2
+    from ringmoe.recipes.eos.pretrain import pretrain_specialist, random_masks
+    from tests.unit.test_eval_harness import EOLEARN
+
+    mask = random_masks(2, 32, 8, 0.5, torch.Generator().manual_seed(0))
+    assert mask.shape == (2, 1, 32, 32) and mask.mean(dim=(1, 2, 3)).tolist() == [0.5, 0.5]
+    tiles = ADAPTERS["eolearn_lulc"](EOLEARN, kind="segmentation", tile=32).images  # 27 real L1C tiles
+
+    def run() -> tuple[list[float], torch.Tensor]:
+        torch.manual_seed(0)
+        encoder = ConvNeXtV2(4, (1, 1, 1, 1), (16, 32, 64, 128))
+        return pretrain_specialist(encoder, tiles, steps=20, batch_size=4), encoder.stem[0].weight.detach()
+
+    losses, weights = run()
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    again, weights_again = run()
+    assert again == losses and torch.equal(weights, weights_again)  # deterministic for a seed
