@@ -78,3 +78,18 @@ def test_specialist_masked_pretraining_learns_real_tiles_and_repeats():
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
     again, weights_again = run()
     assert again == losses and torch.equal(weights, weights_again)  # deterministic for a seed
+
+
+def test_ablation_path_drops_the_cheapest_specialist_first():
+    from ringmoe.recipes.eos.prune import ablation_path
+
+    value = {"s2": 0.5, "s1": 0.3, "rgb": 0.05}  # an additive toy score: each specialist's contribution
+
+    def score(kept):
+        return sum(value[n] for n in kept)
+
+    path = ablation_path(["s2", "s1", "rgb"], {"s2": 10, "s1": 8, "rgb": 3}, score)
+    assert [(p.removed, p.kept, p.parameters) for p in path] == [
+        ("", ("rgb", "s1", "s2"), 21), ("rgb", ("s1", "s2"), 18), ("s1", ("s2",), 10),
+    ]  # fmt: skip
+    assert [round(p.score, 2) for p in path] == [0.85, 0.8, 0.5]
