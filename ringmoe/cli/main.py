@@ -84,6 +84,31 @@ def _eval(args: argparse.Namespace) -> None:
     )
 
 
+def _federated(args: argparse.Namespace) -> None:
+    import json
+
+    from ringmoe.federated.launch import run_local
+
+    out = run_local(Path(args.config), args.overrides)
+    for row in json.loads((out / "history.json").read_text()):
+        print(f"round {row['round']}: held-out loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}")
+    print(f"combiner: {out / 'combiner.safetensors'}; what crossed the network: {out / 'boundary.json'}")
+
+
+def _federated_server(args: argparse.Namespace) -> None:
+    from ringmoe.config.federated import load_federated_config
+    from ringmoe.federated.server import run_server
+
+    run_server(load_federated_config(args.config, args.overrides))
+
+
+def _federated_client(args: argparse.Namespace) -> None:
+    from ringmoe.config.federated import load_federated_config
+    from ringmoe.federated.client import run_client
+
+    run_client(args.client, load_federated_config(args.config, args.overrides), Path(args.config).resolve().parent)
+
+
 def _export(args: argparse.Namespace) -> None:
     from ringmoe.export.huggingface import export_huggingface
 
@@ -159,6 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="dotted overrides, e.g. encoders=[runs/demo/consolidated,pixels] folds=5"
     )
     evaluation.set_defaults(func=_eval)
+
+    federated = commands.add_parser(
+        "federated", help="Ensemble-of-Specialists: Flower server + one process per client over localhost"
+    )
+    federated.add_argument("--config", required=True, help="federated YAML (configs/recipes/eos_tiny.yaml)")
+    federated.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=10")
+    federated.set_defaults(func=_federated)
+    server = commands.add_parser("federated-server", help="the Flower server of a federated config")
+    server.add_argument("--config", required=True)
+    server.add_argument("overrides", nargs="*")
+    server.set_defaults(func=_federated_server)
+    client = commands.add_parser("federated-client", help="one client of a federated config (its own data only)")
+    client.add_argument("--config", required=True)
+    client.add_argument("--client", required=True, help="the client's name in the config")
+    client.add_argument("overrides", nargs="*")
+    client.set_defaults(func=_federated_client)
 
     info = commands.add_parser("model-info", help="parameter counts (meta device) and FLOPs per sample")
     info.add_argument("config", help="model YAML (configs/model/*.yaml) or run YAML")

@@ -3,6 +3,7 @@ changed one; the combiner attends only over the specialists a sample has."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,25 @@ def test_ablation_path_drops_the_cheapest_specialist_first():
         ("", ("rgb", "s1", "s2"), 21), ("rgb", ("s1", "s2"), 18), ("s1", ("s2",), 10),
     ]  # fmt: skip
     assert [round(p.score, 2) for p in path] == [0.85, 0.8, 0.5]
+
+
+def test_ownership_fedavg_averages_a_projection_only_over_its_owners():
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from ringmoe.federated.server import OwnershipFedAvg
+
+    strategy = OwnershipFedAvg([None, "s2", "s1"])
+
+    def fit(arrays, examples, owns):
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, {"owns": owns})
+
+    shared_a, shared_b = np.array([1.0, 1.0]), np.array([4.0, 4.0])
+    results = [
+        fit([shared_a, np.array([10.0]), np.array([0.0])], 1, "s2"),  # trained s2's projection, not s1's
+        fit([shared_b, np.array([0.0]), np.array([20.0])], 3, "s1"),
+    ]
+    parameters, _ = strategy.aggregate_fit(1, results, [])
+    shared, s2, s1 = parameters_to_ndarrays(parameters)
+    assert shared.tolist() == [3.25, 3.25]  # (1 * 1 + 3 * 4) / 4, over everyone
+    assert s2.tolist() == [10.0] and s1.tolist() == [20.0]  # each over its owner only
+    assert [m["metrics"]["owns"] for m in strategy.boundary] == ["s2", "s1"]

@@ -13,13 +13,22 @@ class Combiner(nn.Module):
         super().__init__()
         self.names = list(feature_dims)
         self.project = nn.ModuleDict({n: nn.Linear(d, dim) for n, d in feature_dims.items()})
-        self.specialist_embed = nn.Parameter(torch.zeros(len(self.names), dim))
+        # One embedding per specialist (not one matrix), so each is a tensor of its own for federated averaging.
+        self.specialist_embed = nn.ParameterDict({n: nn.Parameter(torch.zeros(dim)) for n in feature_dims})
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes) if num_classes else None
-        nn.init.trunc_normal_(self.specialist_embed, std=0.02)
+        for embedding in self.specialist_embed.values():
+            nn.init.trunc_normal_(embedding, std=0.02)
         nn.init.trunc_normal_(self.query, std=0.02)
+
+    def owner(self, key: str) -> str | None:
+        """The specialist a state-dict entry belongs to (its projection or embedding), None when shared."""
+        parts = key.split(".")
+        if parts[0] in ("project", "specialist_embed") and parts[1] in self.names:
+            return parts[1]
+        return None
 
     def forward(
         self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
@@ -29,13 +38,13 @@ class Combiner(nn.Module):
         attention weight of each specialist (B, S)."""
         size = next(iter(features.values())).shape[0]
         tokens, mask = [], []
-        for index, name in enumerate(self.names):
+        for name in self.names:
             if name in features:
-                tokens.append(self.project[name](features[name]) + self.specialist_embed[index])
+                tokens.append(self.project[name](features[name]) + self.specialist_embed[name])
                 has = present.get(name) if present else None
                 mask.append(has if has is not None else torch.ones(size, dtype=torch.bool))
             else:
-                tokens.append(self.specialist_embed[index].expand(size, -1))
+                tokens.append(self.specialist_embed[name].expand(size, -1))
                 mask.append(torch.zeros(size, dtype=torch.bool))
         keys = torch.stack(tokens, dim=1)
         available = torch.stack(mask, dim=1).to(keys.device)

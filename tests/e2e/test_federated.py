@@ -1,0 +1,73 @@
+"""Ensemble-of-Specialists over a real Flower runtime: a server and three client processes over localhost, each
+client with its own real imagery (Sentinel-2 L2A, Sentinel-1 GRD, Sentinel-2 L1C) and its own frozen
+specialist. The held-out loss falls over the rounds, and what crossed the Flower boundary is only the
+combiner's parameters and scalar metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ringmoe.config.federated import load_federated_config
+from ringmoe.federated.client import build_combiner
+from ringmoe.recipes.eos.registry import SpecialistRegistry
+
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed, pytest.mark.timeout(900)]
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "eos_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eos")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "ringmoe.cli.main", "federated", "--config", str(CONFIG), f"output_dir={out}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=800, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round 8: held-out loss" in result.stdout
+    return out
+
+
+def test_the_aggregated_combiner_improves_on_held_out_places(federation: Path) -> None:
+    history = json.loads((federation / "history.json").read_text())
+    assert [row["round"] for row in history] == list(range(1, 9))
+    assert set(history[0]["per_client"]) == {"s2", "s1", "l1c"}
+    losses = [row["loss"] for row in history]
+    assert sum(losses[-3:]) / 3 < sum(losses[:2]) / 2, losses
+
+
+def test_only_parameters_and_scalars_cross_the_flower_boundary(federation: Path) -> None:
+    config = load_federated_config(CONFIG)
+    combiner = [(list(t.shape), str(t.numpy().dtype)) for t in build_combiner(config).state_dict().values()]
+    combiner_bytes = sum(t.numel() * t.element_size() for t in build_combiner(config).state_dict().values())
+    boundary = json.loads((federation / "boundary.json").read_text())
+    fits = [m for m in boundary if m["kind"] == "fit"]
+    evaluations = [m for m in boundary if m["kind"] == "evaluate"]
+    assert len(fits) == len(evaluations) == 8 * 3
+    for message in fits:
+        assert [a[:2] for a in message["arrays"]] == [[s, d] for s, d in combiner]  # the combiner, nothing else
+        assert sum(a[2] for a in message["arrays"]) == combiner_bytes
+        assert set(message["metrics"]) == {"owns", "loss"}
+        assert not any(len(shape) >= 3 and shape[-2:] == [64, 64] for shape, _, _ in message["arrays"])  # no tile
+    for message in evaluations:
+        assert message["arrays"] == [] and set(message["metrics"]) == {"accuracy", "client"}
+    # A client's imagery is far larger than anything it sent in a round.
+    assert combiner_bytes < 12 * 3 * 64 * 64 * 4
+
+
+def test_each_client_keeps_its_own_checksummed_specialist(federation: Path) -> None:
+    from ringmoe.models.convnextv2 import convnextv2
+
+    for client, specialist, channels in (("s2", "s2_l2a_atto", 4), ("s1", "s1_grd_atto", 3), ("l1c", "s2_l1c_atto", 4)):
+        registry = SpecialistRegistry(federation / "clients" / client / "specialists")
+        assert set(registry.records) == {specialist}
+        record = registry.records[specialist]
+        assert registry.checksums()[specialist] == record.sha256 and record.in_chans == channels
+        assert record.parameters == sum(p.numel() for p in convnextv2("atto", channels).parameters())
+        assert not any(p.requires_grad for p in registry.load(specialist).parameters())
+    assert np.isfinite(json.loads((federation / "history.json").read_text())[-1]["accuracy"])
