@@ -87,9 +87,16 @@ def _eval(args: argparse.Namespace) -> None:
 def _federated(args: argparse.Namespace) -> None:
     import json
 
+    from ringmoe.config.federated import load_federated_config
     from ringmoe.federated.launch import run_local
+    from ringmoe.federated.server import run_simulation
 
-    out = run_local(Path(args.config), args.overrides)
+    if args.simulation:
+        config = load_federated_config(args.config, args.overrides)
+        run_simulation(config, Path(args.config).resolve().parent)
+        out = Path(config.output_dir)
+    else:
+        out = run_local(Path(args.config), args.overrides)
     for row in json.loads((out / "history.json").read_text()):
         print(f"round {row['round']}: held-out loss {row['loss']:.4f}, accuracy {row['accuracy']:.3f}")
     print(f"combiner: {out / 'combiner.safetensors'}; what crossed the network: {out / 'boundary.json'}")
@@ -190,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     federated.add_argument("--config", required=True, help="federated YAML (configs/recipes/eos_tiny.yaml)")
     federated.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=10")
+    federated.add_argument("--simulation", action="store_true", help="Flower simulation mode (Ray) instead")
     federated.set_defaults(func=_federated)
     server = commands.add_parser("federated-server", help="the Flower server of a federated config")
     server.add_argument("--config", required=True)

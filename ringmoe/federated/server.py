@@ -70,24 +70,51 @@ class OwnershipFedAvg(FedAvg):
         return loss, {"accuracy": accuracy}
 
 
-def run_server(config: FederatedConfig) -> dict:
-    """Serve ``config.rounds`` rounds to all configured clients; writes ``combiner.safetensors``,
-    ``history.json`` and ``boundary.json`` under ``output_dir`` and returns the history."""
+def make_strategy(config: FederatedConfig) -> OwnershipFedAvg:
     combiner = build_combiner(config)
-    owners = [combiner.owner(key) for key in combiner.state_dict()]
     clients = len(config.clients)
-    strategy = OwnershipFedAvg(
-        owners, min_fit_clients=clients, min_evaluate_clients=clients, min_available_clients=clients,
+    return OwnershipFedAvg(
+        [combiner.owner(key) for key in combiner.state_dict()],
+        min_fit_clients=clients, min_evaluate_clients=clients, min_available_clients=clients,
         initial_parameters=ndarrays_to_parameters(get_state(combiner)),
     )  # fmt: skip
-    fl.server.start_server(
-        server_address=config.address, config=fl.server.ServerConfig(num_rounds=config.rounds), strategy=strategy
-    )
+
+
+def save_outputs(config: FederatedConfig, strategy: OwnershipFedAvg) -> dict:
+    """``combiner.safetensors``, ``history.json`` and ``boundary.json`` under ``output_dir``."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keys = list(combiner.state_dict())
+    keys = list(build_combiner(config).state_dict())
     state = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in zip(keys, strategy.latest)}
     atomic_write_bytes(out / "combiner.safetensors", save(state))
     atomic_write_json(out / "history.json", strategy.history)
     atomic_write_json(out / "boundary.json", strategy.boundary)
     return {"history": strategy.history}
+
+
+def run_server(config: FederatedConfig) -> dict:
+    """Serve ``config.rounds`` rounds to all configured clients over the network; returns the history."""
+    strategy = make_strategy(config)
+    fl.server.start_server(
+        server_address=config.address, config=fl.server.ServerConfig(num_rounds=config.rounds), strategy=strategy
+    )
+    return save_outputs(config, strategy)
+
+
+def run_simulation(config: FederatedConfig, config_dir: Path) -> dict:
+    """The same federation in Flower's simulation mode (Ray virtual clients in one process tree)."""
+    from flwr.simulation import start_simulation
+
+    from ringmoe.federated.client import SpecialistClient
+
+    def client_fn(context):
+        client = config.clients[int(context.node_config["partition-id"])]
+        return SpecialistClient(client, config, config_dir).to_client()
+
+    strategy = make_strategy(config)
+    start_simulation(
+        client_fn=client_fn, num_clients=len(config.clients), config=fl.server.ServerConfig(num_rounds=config.rounds),
+        strategy=strategy, client_resources={"num_cpus": 1},
+        ray_init_args={"num_cpus": 2, "include_dashboard": False, "log_to_driver": False},
+    )  # fmt: skip
+    return save_outputs(config, strategy)

@@ -71,3 +71,19 @@ def test_each_client_keeps_its_own_checksummed_specialist(federation: Path) -> N
         assert record.parameters == sum(p.numel() for p in convnextv2("atto", channels).parameters())
         assert not any(p.requires_grad for p in registry.load(specialist).parameters())
     assert np.isfinite(json.loads((federation / "history.json").read_text())[-1]["accuracy"])
+
+
+def test_simulation_mode_gives_the_same_federation(federation: Path, tmp_path: Path) -> None:
+    """Flower's Ray simulation of the same config: the same rounds, losses and accuracies as the processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "ringmoe.cli.main", "federated", "--simulation", "--config", str(CONFIG),
+        f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    simulated = json.loads((tmp_path / "history.json").read_text())
+    processes = json.loads((federation / "history.json").read_text())
+    assert [(r["round"], r["loss"], r["accuracy"]) for r in simulated] == [
+        (r["round"], r["loss"], r["accuracy"]) for r in processes
+    ]
