@@ -44,6 +44,9 @@ class FederatedConfig:
     seed: int = 0
     address: str = "127.0.0.1:18090"
     output_dir: str = "runs/eos"
+    # A combiner.safetensors of an earlier federation to continue from (adding a specialist): its tensors are
+    # kept, the new specialists' projections start fresh. Read by the server only.
+    init_combiner: str = ""
 
     def validate(self) -> None:
         if len(self.clients) < 2:

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
-from safetensors.torch import save
+from safetensors.torch import load_file, save
 
 from ringmoe.config.federated import FederatedConfig
+from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json
 from ringmoe.federated.client import build_combiner, get_state
 
@@ -70,8 +71,29 @@ class OwnershipFedAvg(FedAvg):
         return loss, {"accuracy": accuracy}
 
 
-def make_strategy(config: FederatedConfig) -> OwnershipFedAvg:
+def initial_combiner(config: FederatedConfig):
+    """The configured combiner, continuing ``init_combiner`` when given: every tensor it has is taken (shapes
+    must match), the projections of specialists it has not seen keep their fresh initialization."""
     combiner = build_combiner(config)
+    if not config.init_combiner:
+        return combiner
+    path = Path(config.init_combiner)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: init_combiner not found")
+    previous = load_file(path)
+    state = combiner.state_dict()
+    unknown = sorted(set(previous) - set(state))
+    mismatched = [k for k in previous if k in state and previous[k].shape != state[k].shape]
+    if unknown or mismatched:
+        raise CheckpointError(f"{path}: tensors {unknown or mismatched} do not fit this config's combiner")
+    state.update(previous)
+    combiner.load_state_dict(state)
+    log.info("combiner from %s; new: %s", path, sorted(set(state) - set(previous)))
+    return combiner
+
+
+def make_strategy(config: FederatedConfig) -> OwnershipFedAvg:
+    combiner = initial_combiner(config)
     clients = len(config.clients)
     return OwnershipFedAvg(
         [combiner.owner(key) for key in combiner.state_dict()],

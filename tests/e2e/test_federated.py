@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ringmoe.config.federated import load_federated_config
 from ringmoe.federated.client import build_combiner
@@ -87,3 +88,43 @@ def test_simulation_mode_gives_the_same_federation(federation: Path, tmp_path: P
     assert [(r["round"], r["loss"], r["accuracy"]) for r in simulated] == [
         (r["round"], r["loss"], r["accuracy"]) for r in processes
     ]
+
+
+def _federate(config: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "ringmoe.cli.main", "federated", "--config", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_adding_a_specialist_keeps_the_others_byte_identical_and_serves_the_new_sensor(tmp_path: Path) -> None:
+    """A federation of the S2 L2A and S1 clients, then the L1C client joins with a specialist of its own: only
+    that specialist and the combiner train; the others are byte-identical; on the new sensor's held-out places
+    the ensemble does at least as well as before, when the L2A specialist had to serve L1C imagery."""
+    import shutil
+
+    from ringmoe.federated.evaluate import score_on_client
+
+    base = yaml.safe_load(CONFIG.read_text())
+    for client in base["clients"]:
+        client["root"] = str((CONFIG.parent / client["root"]).resolve())
+    out = tmp_path / "eos"
+    first = {**base, "clients": base["clients"][:2], "output_dir": str(out), "address": "127.0.0.1:18091"}
+    _federate(first, tmp_path / "first.yaml")
+    registries = {c: out / "clients" / c / "specialists" for c in ("s2", "s1", "l1c")}
+    before_sums = {c: SpecialistRegistry(registries[c]).checksums() for c in ("s2", "s1")}
+    shutil.copy(out / "combiner.safetensors", tmp_path / "combiner_first.safetensors")
+
+    joined = {**base, "output_dir": str(out), "address": "127.0.0.1:18091"}
+    joined["init_combiner"] = str(tmp_path / "combiner_first.safetensors")
+    _federate(joined, tmp_path / "joined.yaml")
+    assert {c: SpecialistRegistry(registries[c]).checksums() for c in ("s2", "s1")} == before_sums
+
+    config = load_federated_config(tmp_path / "joined.yaml")
+    before = score_on_client(
+        config, tmp_path, "l1c", tmp_path / "combiner_first.safetensors", "s2_l2a_atto", registries["s2"]
+    )
+    after = score_on_client(config, tmp_path, "l1c", out / "combiner.safetensors", "s2_l1c_atto", registries["l1c"])
+    assert after["n"] == before["n"] > 0
+    assert after["loss"] <= before["loss"] and after["accuracy"] >= before["accuracy"], (before, after)
