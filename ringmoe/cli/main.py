@@ -102,6 +102,15 @@ def _federated(args: argparse.Namespace) -> None:
     print(f"combiner: {out / 'combiner.safetensors'}; what crossed the network: {out / 'boundary.json'}")
 
 
+def _export_eos(args: argparse.Namespace) -> None:
+    from ringmoe.config.federated import load_federated_config
+    from ringmoe.export.specialists import export_federation
+
+    config = load_federated_config(args.config, args.overrides)
+    out = export_federation(Path(config.output_dir), Path(args.output), config.combiner_dim)
+    print(f"exported specialists (transformers ConvNextV2Model) and the combiner (trust_remote_code) to {out}")
+
+
 def _federated_server(args: argparse.Namespace) -> None:
     from ringmoe.config.federated import load_federated_config
     from ringmoe.federated.server import run_server
@@ -199,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     federated.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=10")
     federated.add_argument("--simulation", action="store_true", help="Flower simulation mode (Ray) instead")
     federated.set_defaults(func=_federated)
+    export_eos = commands.add_parser("export-eos", help="a federation's specialists + combiner -> HuggingFace dirs")
+    export_eos.add_argument("output", help="output directory: one folder per specialist and combiner/")
+    export_eos.add_argument("--config", required=True, help="the federated YAML that produced output_dir")
+    export_eos.add_argument("overrides", nargs="*")
+    export_eos.set_defaults(func=_export_eos)
     server = commands.add_parser("federated-server", help="the Flower server of a federated config")
     server.add_argument("--config", required=True)
     server.add_argument("overrides", nargs="*")

@@ -128,3 +128,36 @@ def test_adding_a_specialist_keeps_the_others_byte_identical_and_serves_the_new_
     after = score_on_client(config, tmp_path, "l1c", out / "combiner.safetensors", "s2_l1c_atto", registries["l1c"])
     assert after["n"] == before["n"] > 0
     assert after["loss"] <= before["loss"] and after["accuracy"] >= before["accuracy"], (before, after)
+
+
+def test_export_loads_with_transformers_and_reproduces_the_ensemble(federation: Path, tmp_path: Path) -> None:
+    """Specialists as plain ``ConvNextV2Model`` (no remote code), the combiner with ``trust_remote_code``: the
+    exported ensemble gives the federation's output on a client's held-out tiles."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, ConvNextV2Model
+
+    from ringmoe.cli.main import main
+    from ringmoe.federated.data import client_data
+
+    config = load_federated_config(CONFIG, [f"output_dir={federation}"])
+    assert main(["export-eos", str(tmp_path / "hf"), "--config", str(CONFIG), f"output_dir={federation}"]) == 0
+    client = config.clients[0]  # s2
+    data = client_data(client, CONFIG.parent, config.input_size, config.held_out, config.seed)
+    ours = SpecialistRegistry(federation / "clients" / client.name / "specialists").load(client.specialist)
+    combiner = build_combiner(config)
+    combiner.load_state_dict(load_file(federation / "combiner.safetensors"))
+    exported = ConvNextV2Model.from_pretrained(str(tmp_path / "hf" / client.specialist)).eval()
+    exported_combiner = AutoModel.from_pretrained(str(tmp_path / "hf" / "combiner"), trust_remote_code=True).eval()
+    assert (
+        exported.config.specialist["sha256"]
+        == SpecialistRegistry(federation / "clients" / client.name / "specialists").records[client.specialist].sha256
+    )
+    with torch.no_grad():
+        features, hf_features = ours(data.test_images), exported(pixel_values=data.test_images).pooler_output
+        expected = combiner.eval()({client.specialist: features})[0]
+        actual = exported_combiner({client.specialist: hf_features})[0]
+    # transformers computes the GRN norm with linalg.vector_norm: equal up to float rounding, not bitwise.
+    assert torch.allclose(hf_features, features, atol=1e-5)
+    assert torch.allclose(actual, expected, atol=1e-5)
+    assert torch.equal(exported_combiner({client.specialist: features})[0], expected)  # the combiner itself: bitwise
