@@ -137,6 +137,10 @@ def load_encoder(source: str | Path) -> FrozenEncoder:
     if text == "pixels" or text.startswith("pixels:"):
         size = int(text.partition(":")[2] or 64)
         return FrozenEncoder(f"pixel statistics ({size} px)", list(MODALITIES), PixelStatistics(), size, "images")
+    if text.startswith(("specialist:", "ensemble:")):
+        from ringmoe.eval.ensemble import load_ensemble_encoder  # Ensemble-of-Specialists exports
+
+        return load_ensemble_encoder(text)
     if text.startswith("timm:"):
         return FrozenEncoder(
             text, ["optical", "multispectral"], TimmBackbone(text.removeprefix("timm:")), 224, "images"

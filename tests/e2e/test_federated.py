@@ -161,3 +161,33 @@ def test_export_loads_with_transformers_and_reproduces_the_ensemble(federation: 
     assert torch.allclose(hf_features, features, atol=1e-5)
     assert torch.allclose(actual, expected, atol=1e-5)
     assert torch.equal(exported_combiner({client.specialist: features})[0], expected)  # the combiner itself: bitwise
+
+
+def test_evaluation_harness_scores_ensemble_single_and_pruned(federation: Path, tmp_path: Path) -> None:
+    import logging
+
+    from ringmoe.cli.main import main
+    from ringmoe.config.evaluation import load_eval_config
+    from ringmoe.eval.ensemble import ablation
+    from ringmoe.eval.run import evaluate
+
+    logging.getLogger("ringmoe").setLevel(logging.ERROR)
+    hf = tmp_path / "hf"
+    assert main(["export-eos", str(hf), "--config", str(CONFIG), f"output_dir={federation}"]) == 0
+    eval_config = CONFIG.parents[1] / "eval" / "demo.yaml"
+    encoders = (
+        f"encoders=[ensemble:{hf},ensemble:{hf}@s2_l1c_atto,specialist:{hf}/s2_l2a_atto,specialist:{hf}/s1_grd_atto]"
+    )
+    config = load_eval_config(eval_config, [encoders, f"output_dir={tmp_path / 'eval'}", "plots=false"])
+    report = evaluate(config, eval_config.parent)
+    scores = {(r.encoder, r.task, r.metric): r.mean for r in report.results}
+    scene = ("eo-learn LULC scene (16 px) (linear probe)", "balanced accuracy")
+    assert {e for e, *_ in scores} == {
+        "ensemble hf", "ensemble hf without s2_l1c_atto", "specialist s2_l2a_atto", "specialist s1_grd_atto"
+    }  # fmt: skip
+    assert scores[("ensemble hf", *scene)] != scores[("ensemble hf without s2_l1c_atto", *scene)]
+    assert any("specialist s1_grd_atto has no input for modality 'multispectral'" in n for n in report.notes)
+    path = ablation(hf, config, eval_config.parent)
+    assert [len(step.kept) for step in path] == [3, 2, 1]
+    assert [step.parameters for step in path] == sorted((step.parameters for step in path), reverse=True)
+    assert path[1].removed and path[2].removed and all(0 < step.score < 1 for step in path)

@@ -82,7 +82,7 @@ def test_specialist_masked_pretraining_learns_real_tiles_and_repeats():
 
 
 def test_ablation_path_drops_the_cheapest_specialist_first():
-    from ringmoe.recipes.eos.prune import ablation_path
+    from ringmoe.recipes.eos.ablation import ablation_path
 
     value = {"s2": 0.5, "s1": 0.3, "rgb": 0.05}  # an additive toy score: each specialist's contribution
 

@@ -34,8 +34,15 @@ class Combiner(nn.Module):
         self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``features``: specialist -> (B, D_s) pooled features (a specialist absent from the dict is absent for
-        every sample); ``present``: specialist -> (B,) bool. Returns the representation (B, dim) and the
-        attention weight of each specialist (B, S)."""
+        every sample); ``present``: specialist -> (B,) bool. Returns the head's output (the representation
+        (B, dim) without a head) and the attention weight of each specialist (B, S)."""
+        representation, weights = self.represent(features, present)
+        return (self.head(representation) if self.head is not None else representation), weights
+
+    def represent(
+        self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ensemble representation (B, dim) before any head, and the attention weights (B, S)."""
         size = next(iter(features.values())).shape[0]
         tokens, mask = [], []
         for name in self.names:
@@ -51,5 +58,4 @@ class Combiner(nn.Module):
         if not available.any(dim=1).all():
             raise ValueError("every sample needs at least one specialist's features")
         out, weights = self.attn(self.query.expand(size, -1, -1), keys, keys, key_padding_mask=~available)
-        representation = self.norm(out[:, 0])
-        return (self.head(representation) if self.head is not None else representation), weights[:, 0]
+        return self.norm(out[:, 0]), weights[:, 0]

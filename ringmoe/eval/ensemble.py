@@ -1,0 +1,111 @@
+"""Ensemble-of-Specialists exports as evaluation encoders (``ringmoe export-eos`` output):
+
+- ``specialist:<dir>``: one specialist (a ``transformers`` ``ConvNextV2Model``), its stage maps;
+- ``ensemble:<export dir>[@drop,drop]``: the combiner's representation over every exported specialist that
+  takes the image's modality and channels, optionally without the named specialists (a pruned ensemble).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ringmoe.core.errors import CheckpointError
+from ringmoe.eval.features import EncoderUnavailable, FrozenEncoder
+
+INPUT_SIZE = 64  # the federation's default input size; specialists are fully convolutional
+
+
+class _Specialist(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        return list(self.model(pixel_values=images, output_hidden_states=True).hidden_states[1:])
+
+
+def _load_specialist(path: Path):
+    from transformers import ConvNextV2Model
+
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not an exported specialist (no config.json)")
+    model = ConvNextV2Model.from_pretrained(str(path)).eval()
+    record = getattr(model.config, "specialist", None)
+    if not record:
+        raise CheckpointError(f"{path}: config.json has no specialist record; export it with `ringmoe export-eos`")
+    return model, record
+
+
+class _Ensemble(nn.Module):
+    def __init__(self, specialists: dict[str, tuple[nn.Module, dict]], combiner: nn.Module) -> None:
+        super().__init__()
+        self.records = {name: record for name, (_, record) in specialists.items()}
+        self.specialists = nn.ModuleDict({name: model for name, (model, _) in specialists.items()})
+        self.combiner = combiner
+
+    def forward(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        names = [n for n, r in self.records.items() if r["modality"] == modality and r["in_chans"] == images.shape[1]]
+        if not names:
+            raise EncoderUnavailable(f"no specialist of this ensemble takes {modality} with {images.shape[1]} channels")
+        features = {n: self.specialists[n](pixel_values=images).pooler_output for n in names}
+        representation, _ = self.combiner.combiner.represent(features)
+        return [representation[:, :, None, None]]
+
+
+def load_ensemble_encoder(text: str) -> FrozenEncoder:
+    from transformers import AutoModel
+
+    if text.startswith("specialist:"):
+        path = Path(text.removeprefix("specialist:"))
+        model, record = _load_specialist(path)
+        return FrozenEncoder(f"specialist {path.name}", [record["modality"]], _Specialist(model), INPUT_SIZE, "images")
+    spec, _, drop = text.removeprefix("ensemble:").partition("@")
+    root, dropped = Path(spec), [d for d in drop.split(",") if d]
+    combiner_dir = root / "combiner"
+    if not (combiner_dir / "config.json").is_file():
+        raise CheckpointError(f"{root}: not an ensemble export (no combiner/config.json)")
+    exported = json.loads((combiner_dir / "config.json").read_text())["specialists"]
+    names = [n for n in exported if n not in dropped]
+    unknown = sorted(set(dropped) - set(exported))
+    if unknown or not names:
+        raise CheckpointError(f"{root}: cannot drop {dropped} (unknown {unknown}, or nothing left)")
+    specialists = {n: _load_specialist(root / n) for n in names}
+    combiner = AutoModel.from_pretrained(str(combiner_dir), trust_remote_code=True).eval()
+    label = f"ensemble {root.name}" + (f" without {', '.join(dropped)}" if dropped else "")
+    modalities = sorted({record["modality"] for _, record in specialists.values()})
+    return FrozenEncoder(label, modalities, _Ensemble(specialists, combiner), INPUT_SIZE, "images")
+
+
+def ablation(
+    export_dir: Path,
+    config,
+    config_dir: Path,
+    metrics: tuple[str, ...] = ("balanced accuracy", "mAP (sample-averaged)"),
+):
+    """Greedy pruning of an exported ensemble: each step drops the specialist whose removal costs the least
+    score. The score is the mean of the linear-probe ``metrics`` over the config's tasks; a task the pruned
+    ensemble can no longer take (its sensor's specialist is gone) counts at its chance level. Returns the
+    ``ablation_path`` (kept specialists, score, parameters)."""
+    import dataclasses
+
+    from ringmoe.eval.run import evaluate
+    from ringmoe.recipes.eos.ablation import ablation_path
+
+    records = json.loads((export_dir / "combiner" / "config.json").read_text())["specialists"]
+    chance: dict[tuple[str, str], float] = {}
+
+    def score(kept: tuple[str, ...]) -> float:
+        dropped = ",".join(n for n in records if n not in kept)
+        source = f"ensemble:{export_dir}" + (f"@{dropped}" if dropped else "")
+        out = Path(config.output_dir) / "ablation" / (dropped.replace(",", "+") or "all")
+        report = evaluate(dataclasses.replace(config, encoders=[source], output_dir=str(out), plots=False), config_dir)
+        rows = {(r.task, r.metric): r for r in report.results if r.metric in metrics and "linear probe" in r.task}
+        if not chance:  # the full ensemble (scored first) fixes the task list
+            chance.update({key: row.chance for key, row in rows.items()})
+        return sum(rows[key].mean if key in rows else level for key, level in chance.items()) / len(chance)
+
+    return ablation_path(list(records), {n: r["parameters"] for n, r in records.items()}, score)
