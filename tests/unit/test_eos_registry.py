@@ -116,3 +116,25 @@ def test_ownership_fedavg_averages_a_projection_only_over_its_owners():
     assert shared.tolist() == [3.25, 3.25]  # (1 * 1 + 3 * 4) / 4, over everyone
     assert s2.tolist() == [10.0] and s1.tolist() == [20.0]  # each over its owner only
     assert [m["metrics"]["owns"] for m in strategy.boundary] == ["s2", "s1"]
+
+
+def test_fedprox_keeps_a_client_closer_to_the_global_combiner():
+    """The proximal term: with a large mu the locally trained combiner moves less from the global one."""
+    from ringmoe.config.federated import ClientConfig, FederatedConfig
+    from ringmoe.federated.client import SpecialistClient, build_combiner, get_state
+
+    config = FederatedConfig(clients=[ClientConfig(name="a", specialist="sa"), ClientConfig(name="b", specialist="sb")])
+    start = get_state(build_combiner(config))
+
+    def moved(mu: float) -> float:
+        client = object.__new__(SpecialistClient)  # the fit step alone, on fixed features (no files needed)
+        client.client, client.config = config.clients[0], FederatedConfig(**{**config.__dict__, "proximal_mu": mu})
+        generator = torch.Generator().manual_seed(0)
+        client.train_x = torch.randn(16, 320, generator=generator)
+        client.train_y = (client.train_x[:, 0] > 0).float()
+        client.combiner = build_combiner(config)
+        arrays, examples, metrics = client.fit(start, {})
+        assert examples == 16 and metrics["owns"] == "sa"
+        return float(sum(np.abs(a - b).sum() for a, b in zip(arrays, start)))
+
+    assert moved(10.0) < moved(0.0)
