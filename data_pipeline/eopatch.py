@@ -58,7 +58,10 @@ def eopatch_to_geotiffs(
         raise DataError(f"{bands_file}: not a plain .npy array ({exc})") from None
     if stack.ndim != 4 or stack.shape[-1] != len(band_names):
         raise DataError(f"{bands_file}: shape {stack.shape}, expected (time, height, width, {len(band_names)} bands)")
-    stamps = json.loads(timestamps_file.read_text())
+    try:
+        stamps = json.loads(timestamps_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{timestamps_file}: cannot read the EOPatch timestamps ({exc})") from None
     frames = list(frame_dates) if frame_dates is not None else list(range(len(stack)))
     if len(frames) != len(stack) or max(frames) >= len(stamps) or min(frames) < 0:
         raise DataError(f"{bands_file}: {len(stack)} frames, frame_dates {frames}, {len(stamps)} timestamps")

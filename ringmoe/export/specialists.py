@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json, atomic_write_text
-from ringmoe.models.convnextv2 import VARIANTS
+from ringmoe.models.convnextv2 import VARIANTS, feature_width
 from ringmoe.recipes.eos.registry import SpecialistRegistry
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def export_federation(federation_dir: Path, out_dir: Path, dim: int, heads: int 
             records[name] = dataclasses.asdict(record)
     if not records:
         raise CheckpointError(f"{federation_dir}: no clients/*/specialists registry found")
-    feature_dims = {name: VARIANTS[r["variant"]][1][-1] for name, r in records.items()}
+    feature_dims = {name: feature_width(r["variant"]) for name, r in records.items()}
     combiner = federation_dir / "combiner.safetensors"
     if not combiner.is_file():
         raise CheckpointError(f"{combiner}: missing; run `ringmoe federated` first")

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ringmoe.config.federated import ClientConfig, FederatedConfig
+from ringmoe.core.errors import ConfigError
 from ringmoe.federated.data import ClientData, client_data
-from ringmoe.models.convnextv2 import VARIANTS, convnextv2
+from ringmoe.models.convnextv2 import convnextv2, feature_width
 from ringmoe.recipes.eos.combiner import Combiner
 from ringmoe.recipes.eos.pretrain import pretrain_specialist
 from ringmoe.recipes.eos.registry import SpecialistRegistry
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 def build_combiner(config: FederatedConfig) -> Combiner:
     """The same combiner on the server and every client: one projection per configured specialist."""
     torch.manual_seed(config.seed)
-    dims = {c.specialist: VARIANTS[c.variant][1][-1] for c in config.clients}
+    dims = {c.specialist: feature_width(c.variant) for c in config.clients}
     return Combiner(dims, config.combiner_dim, heads=4, num_classes=1)
 
 
@@ -102,7 +103,7 @@ class SpecialistClient(fl.client.NumPyClient):
 def run_client(client_name: str, config: FederatedConfig, config_dir: Path) -> None:
     client = next((c for c in config.clients if c.name == client_name), None)
     if client is None:
-        raise ValueError(f"no client {client_name!r} in the config (have {[c.name for c in config.clients]})")
+        raise ConfigError(f"--client {client_name!r} is not in the config's clients {[c.name for c in config.clients]}")
     fl.client.start_client(
         server_address=config.address, client=SpecialistClient(client, config, config_dir).to_client()
     )

@@ -96,6 +96,11 @@ class ConvNeXtV2(nn.Module):
         return self.head(pooled) if self.head is not None else pooled
 
 
+def feature_width(variant: str) -> int:
+    """Width of a variant's pooled features (its last stage)."""
+    return VARIANTS[variant][1][-1]
+
+
 def convnextv2(variant: str, in_chans: int, num_classes: int = 0) -> ConvNeXtV2:
     if variant not in VARIANTS:
         raise ValueError(f"ConvNeXt V2 variant {variant!r} not in {sorted(VARIANTS)}")

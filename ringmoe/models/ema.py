@@ -9,11 +9,15 @@ import torch
 from torch import nn
 
 
-def make_teacher(student: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(student)
-    for parameter in teacher.parameters():
+def freeze_parameters(module: nn.Module) -> nn.Module:
+    """No gradient for any of ``module``'s parameters (a teacher, a frozen specialist)."""
+    for parameter in module.parameters():
         parameter.requires_grad_(False)
-    return teacher
+    return module
+
+
+def make_teacher(student: nn.Module) -> nn.Module:
+    return freeze_parameters(copy.deepcopy(student))
 
 
 @torch.no_grad()

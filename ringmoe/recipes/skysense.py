@@ -18,7 +18,7 @@ from torch import nn
 
 from ringmoe.config.schema import ContrastiveConfig, FusionConfig
 from ringmoe.core.batch import SequenceBatch
-from ringmoe.models.ema import ema_update, make_teacher
+from ringmoe.models.ema import ema_update, freeze_parameters, make_teacher
 from ringmoe.models.skysense import SkySenseEncoder, SkySenseOutput
 from ringmoe.objectives.contrastive import info_nce, object_contrast, pixel_contrast
 from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell
@@ -53,9 +53,8 @@ class SkySensePretrain(nn.Module):
     def freeze_teacher(self) -> None:
         """No gradient and no optimizer for the teacher; call again after parallelization swaps in new modules
         (expert-parallel layers are built trainable)."""
-        for module in (self.teacher, self.teacher_heads):
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
+        freeze_parameters(self.teacher)
+        freeze_parameters(self.teacher_heads)
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -80,13 +79,10 @@ class SkySensePretrain(nn.Module):
             t = self.teacher(teacher_view)
         sh, th = self.student_heads, self.teacher_heads
         s_image, t_image = sh.image(s.fused.mean(dim=(2, 3))), th.image(t.fused.mean(dim=(2, 3))).detach()
+        s_pixel, t_pixel = sh.pixel(s.fused), th.pixel(t.fused).detach()  # shared by the pixel and object terms
         terms = {
-            "pixel": pixel_contrast(
-                sh.pixel(s.fused), th.pixel(t.fused).detach(), settings.temperature, settings.max_pixels, generator
-            ),
-            "object": object_contrast(
-                sh.pixel(s.fused), th.pixel(t.fused).detach(), settings.clusters, settings.temperature
-            ),
+            "pixel": pixel_contrast(s_pixel, t_pixel, settings.temperature, settings.max_pixels, generator),
+            "object": object_contrast(s_pixel, t_pixel, settings.clusters, settings.temperature),
             "image": info_nce(s_image, t_image, settings.temperature),
             "cross_modal": self._cross_modal(s, t, settings.temperature),
         }

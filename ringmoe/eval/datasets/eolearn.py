@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from data_pipeline.eopatch import DN_PER_REFLECTANCE, L1C_BANDS
 from data_pipeline.normalize import normalize
 from ringmoe.core.errors import DataError
 from ringmoe.core.sensors import SensorSpec, load_registry
@@ -37,8 +38,6 @@ LULC_CLASSES = {
 }  # fmt: skip
 # REFERENCE_SCENES.npy frame k is date timestamps.json[REFERENCE_DATES[k]] (frames ordered by cloud cover).
 REFERENCE_DATES = (2, 1, 4, 3, 0)
-L1C_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
-L1C_DN_PER_REFLECTANCE = 10000.0
 
 
 def _load(path: Path, ndim: int) -> np.ndarray:
@@ -77,7 +76,7 @@ class _Patch:
 
     def image(self, frame: int, sensor: SensorSpec) -> tuple[np.ndarray, np.ndarray]:
         bands = [L1C_BANDS.index(b) for b in sensor.modality_bands]
-        raw = self.scenes[frame][..., bands].transpose(2, 0, 1) * L1C_DN_PER_REFLECTANCE
+        raw = self.scenes[frame][..., bands].transpose(2, 0, 1) * DN_PER_REFLECTANCE
         image, valid = normalize(raw, sensor, invalid=~self.valid[frame])
         return image, valid.astype(bool)
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json, sha256_file
 from ringmoe.models.convnextv2 import ConvNeXtV2, convnextv2
+from ringmoe.models.ema import freeze_parameters
 
 REGISTRY_NAME = "registry.json"
 FORMAT_VERSION = 1
@@ -90,6 +91,4 @@ class SpecialistRegistry:
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
+    return freeze_parameters(model)
