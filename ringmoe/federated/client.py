@@ -2,7 +2,8 @@
 that it trains on its specialist's features for ``local_steps`` per round (FedProx when ``proximal_mu`` > 0).
 
 What it returns to the server is exactly the combiner's state as arrays, the number of examples and scalar
-metrics (``owns``: the specialist whose projection it trained, ``loss``); ``boundary_log`` keeps a record of it.
+metrics (``client``: its name, by which the server orders replies; ``owns``: the specialist whose projection it
+trained; ``loss``); ``boundary_log`` keeps a record of it.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class SpecialistClient(fl.client.NumPyClient):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        metrics = {"owns": self.client.specialist, "loss": float(loss.detach())}
+        metrics = {"client": self.client.name, "owns": self.client.specialist, "loss": float(loss.detach())}
         return get_state(self.combiner), len(self.train_y), metrics
 
     def evaluate(self, parameters, config):

@@ -43,7 +43,7 @@ class OwnershipFedAvg(FedAvg):
         if failures:
             raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed: {failures[0]!r}")
         updates = []
-        for _, fit in results:
+        for _, fit in _by_client(server_round, results):
             arrays = parameters_to_ndarrays(fit.parameters)
             self._record(server_round, "fit", arrays, fit.num_examples, fit.metrics)
             updates.append((arrays, fit.num_examples, fit.metrics.get("owns")))
@@ -60,6 +60,7 @@ class OwnershipFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round, results, failures):
         if failures:
             raise RuntimeError(f"round {server_round}: {len(failures)} client evaluation(s) failed")
+        results = _by_client(server_round, results)
         for _, res in results:
             self._record(server_round, "evaluate", [], res.num_examples, res.metrics)
         total = sum(r.num_examples for _, r in results)
@@ -69,6 +70,15 @@ class OwnershipFedAvg(FedAvg):
         self.history.append({"round": server_round, "loss": loss, "accuracy": accuracy, "per_client": per_client})
         log.info("round %d: held-out loss %.4f, accuracy %.3f", server_round, loss, accuracy)
         return loss, {"accuracy": accuracy}
+
+
+def _by_client(server_round: int, results: list) -> list:
+    """Results in client-name order, not arrival order: float sums depend on their order, and a federation must
+    give the same model however its clients' replies race (processes, Ray simulation)."""
+    unnamed = [res for _, res in results if "client" not in res.metrics]
+    if unnamed:
+        raise RuntimeError(f"round {server_round}: a client reply without its 'client' name in metrics: {unnamed[0]!r}")
+    return sorted(results, key=lambda pair: pair[1].metrics["client"])
 
 
 def initial_combiner(config: FederatedConfig):

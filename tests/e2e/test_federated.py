@@ -53,7 +53,7 @@ def test_only_parameters_and_scalars_cross_the_flower_boundary(federation: Path)
     for message in fits:
         assert [a[:2] for a in message["arrays"]] == [[s, d] for s, d in combiner]  # the combiner, nothing else
         assert sum(a[2] for a in message["arrays"]) == combiner_bytes
-        assert set(message["metrics"]) == {"owns", "loss"}
+        assert set(message["metrics"]) == {"client", "owns", "loss"}
         assert not any(len(shape) >= 3 and shape[-2:] == [64, 64] for shape, _, _ in message["arrays"])  # no tile
     for message in evaluations:
         assert message["arrays"] == [] and set(message["metrics"]) == {"accuracy", "client"}

@@ -3,6 +3,8 @@ changed one; the combiner attends only over the specialists a sample has."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -96,26 +98,61 @@ def test_ablation_path_drops_the_cheapest_specialist_first():
     assert [round(p.score, 2) for p in path] == [0.85, 0.8, 0.5]
 
 
+def _fit_result(arrays, examples, owns, client):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    metrics = {"client": client, "owns": owns}
+    return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, metrics)
+
+
 def test_ownership_fedavg_averages_a_projection_only_over_its_owners():
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import parameters_to_ndarrays
 
     from ringmoe.federated.server import OwnershipFedAvg
 
     strategy = OwnershipFedAvg([None, "s2", "s1"])
-
-    def fit(arrays, examples, owns):
-        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, {"owns": owns})
-
     shared_a, shared_b = np.array([1.0, 1.0]), np.array([4.0, 4.0])
     results = [
-        fit([shared_a, np.array([10.0]), np.array([0.0])], 1, "s2"),  # trained s2's projection, not s1's
-        fit([shared_b, np.array([0.0]), np.array([20.0])], 3, "s1"),
+        _fit_result([shared_a, np.array([10.0]), np.array([0.0])], 1, "s2", "b"),  # trained s2's projection only
+        _fit_result([shared_b, np.array([0.0]), np.array([20.0])], 3, "s1", "a"),
     ]
     parameters, _ = strategy.aggregate_fit(1, results, [])
     shared, s2, s1 = parameters_to_ndarrays(parameters)
     assert shared.tolist() == [3.25, 3.25]  # (1 * 1 + 3 * 4) / 4, over everyone
     assert s2.tolist() == [10.0] and s1.tolist() == [20.0]  # each over its owner only
-    assert [m["metrics"]["owns"] for m in strategy.boundary] == ["s2", "s1"]
+    assert [m["metrics"]["client"] for m in strategy.boundary] == ["a", "b"]  # by name, not by arrival
+
+
+def test_fedavg_is_the_same_whatever_order_the_clients_reply_in():
+    """Float sums depend on order: replies are taken by client name, so racing clients give one model."""
+    from flwr.common import parameters_to_ndarrays
+
+    from ringmoe.federated.server import OwnershipFedAvg
+
+    generator = np.random.default_rng(0)
+    examples = {"s2": 16, "s1": 16, "l1c": 72}  # eos_tiny's clients: weights 2/13, 2/13, 9/13
+    results = [
+        _fit_result([generator.standard_normal(35_000).astype(np.float32)], n, None, name)
+        for name, n in examples.items()
+    ]
+    orders = list(itertools.permutations(range(3)))
+    averages = []
+    for order in orders:
+        parameters, _ = OwnershipFedAvg([None]).aggregate_fit(1, [results[i] for i in order], [])
+        averages.append(parameters_to_ndarrays(parameters)[0])
+    assert all(np.array_equal(averages[0], other) for other in averages[1:])
+    # The same weighted float64 sum taken in arrival order differs in float32's last bits: what this guards.
+    total = sum(examples.values())
+
+    def in_arrival_order(order):
+        terms = [(parameters_to_ndarrays(results[i][1].parameters)[0], results[i][1].num_examples) for i in order]
+        return sum(a.astype(np.float64) * (n / total) for a, n in terms).astype(np.float32)
+
+    assert any(not np.array_equal(in_arrival_order(orders[0]), in_arrival_order(order)) for order in orders[1:])
+    nameless = [_fit_result([np.zeros(1)], 1, None, "a")]
+    del nameless[0][1].metrics["client"]
+    with pytest.raises(RuntimeError, match="without its 'client' name"):
+        OwnershipFedAvg([None]).aggregate_fit(1, nameless, [])
 
 
 def test_fedprox_keeps_a_client_closer_to_the_global_combiner():
