@@ -2,7 +2,9 @@
 
 - ``specialist:<dir>``: one specialist (a ``transformers`` ``ConvNextV2Model``), its stage maps;
 - ``ensemble:<export dir>[@drop,drop]``: the combiner's representation over every exported specialist that
-  takes the image's modality and channels, optionally without the named specialists (a pruned ensemble).
+  takes the image's modality and channels, optionally without the named specialists (a pruned ensemble). Image
+  tasks get the combiner on the pooled features; dense tasks also get the specialists' finer stage maps and the
+  combiner at every position of their coarsest maps.
 """
 
 from __future__ import annotations
@@ -51,9 +53,20 @@ class _Ensemble(nn.Module):
         names = [n for n, r in self.records.items() if r["modality"] == modality and r["in_chans"] == images.shape[1]]
         if not names:
             raise EncoderUnavailable(f"no specialist of this ensemble takes {modality} with {images.shape[1]} channels")
-        features = {n: self.specialists[n](pixel_values=images).pooler_output for n in names}
-        representation, _ = self.combiner.combiner.represent(features)
-        return [representation[:, :, None, None]]
+        outputs = {n: self.specialists[n](pixel_values=images, output_hidden_states=True) for n in names}
+        combiner = self.combiner.combiner
+        pooled, _ = combiner.represent({n: out.pooler_output for n, out in outputs.items()})
+        # Dense tasks: the specialists' finer stage maps side by side, and at the coarsest stage the combiner
+        # applied at every position (each position's features normalized like the pooled ones it was trained on).
+        finer = [torch.cat([out.hidden_states[s] for out in outputs.values()], dim=1) for s in range(1, 4)]
+        batch, _, height, width = next(iter(outputs.values())).last_hidden_state.shape
+        positions = {
+            n: self.specialists[n].layernorm(out.last_hidden_state.permute(0, 2, 3, 1).flatten(0, 2))
+            for n, out in outputs.items()
+        }
+        dense, _ = combiner.represent(positions)
+        dense = dense.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        return [*finer, dense, pooled[:, :, None, None]]  # the last, pooled, is what image-level tasks use
 
 
 def load_ensemble_encoder(text: str) -> FrozenEncoder:

@@ -187,6 +187,9 @@ def test_evaluation_harness_scores_ensemble_single_and_pruned(federation: Path, 
     }  # fmt: skip
     assert scores[("ensemble hf", *scene)] != scores[("ensemble hf without s2_l1c_atto", *scene)]
     assert any("specialist s1_grd_atto has no input for modality 'multispectral'" in n for n in report.notes)
+    # Dense tasks see the specialists' stage maps and the combiner at every position, not one constant per image.
+    dense = [r for r in report.results if r.encoder == "ensemble hf" and r.metric in ("mIoU", "F1 (changed)")]
+    assert len(dense) == 2 and all(r.mean > r.chance + 0.1 for r in dense), dense
     path = ablation(hf, config, eval_config.parent)
     assert [len(step.kept) for step in path] == [3, 2, 1]
     assert [step.parameters for step in path] == sorted((step.parameters for step in path), reverse=True)
