@@ -105,17 +105,21 @@ def ablation(
     ``ablation_path`` (kept specialists, score, parameters)."""
     import dataclasses
 
-    from ringmoe.eval.run import evaluate
+    from ringmoe.eval.run import evaluate, load_task_data
     from ringmoe.recipes.eos.ablation import ablation_path
 
     records = json.loads((export_dir / "combiner" / "config.json").read_text())["specialists"]
     chance: dict[tuple[str, str], float] = {}
+    # Loaded once for every subset scored; only the image-level sets give linear-probe rows.
+    loaded = [load_task_data(task, index, config_dir) for index, task in enumerate(config.tasks)]
+    image_level = [data for data in loaded if data.kind in ("scene", "multilabel")]
 
     def score(kept: tuple[str, ...]) -> float:
         dropped = ",".join(n for n in records if n not in kept)
         source = f"ensemble:{export_dir}" + (f"@{dropped}" if dropped else "")
         out = Path(config.output_dir) / "ablation" / (dropped.replace(",", "+") or "all")
-        report = evaluate(dataclasses.replace(config, encoders=[source], output_dir=str(out), plots=False), config_dir)
+        run_config = dataclasses.replace(config, encoders=[source], output_dir=str(out), plots=False)
+        report = evaluate(run_config, config_dir, image_level)
         rows = {(r.task, r.metric): r for r in report.results if r.metric in metrics and "linear probe" in r.task}
         if not chance:  # the full ensemble (scored first) fixes the task list
             chance.update({key: row.chance for key, row in rows.items()})

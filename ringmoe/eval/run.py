@@ -90,12 +90,15 @@ def _task_plots(outcome: TaskOutcome, data: LabelledSet, folder: Path, config: E
     return paths
 
 
-def evaluate(config: EvalConfig, config_dir: Path) -> EvalReport:
-    """Score every encoder of ``config`` on every task; dataset roots resolve against ``config_dir``."""
+def evaluate(config: EvalConfig, config_dir: Path, datasets: list[LabelledSet] | None = None) -> EvalReport:
+    """Score every encoder of ``config`` on every task; dataset roots resolve against ``config_dir``.
+    ``datasets``: labelled sets already loaded, scored instead of ``config.tasks`` (for callers that score many
+    encoders on one load, like the ensemble ablation)."""
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", to_yaml(config))
-    datasets = [load_task_data(task, index, config_dir) for index, task in enumerate(config.tasks)]
+    if datasets is None:
+        datasets = [load_task_data(task, index, config_dir) for index, task in enumerate(config.tasks)]
     notes = [
         f"{data.name}: {len(data)} samples ({data.sensor}); left out {data.skipped}"
         for data in datasets
