@@ -88,8 +88,8 @@ def _skysense_stages(encoder: nn.Module, images: torch.Tensor, modality: str) ->
         {modality: images[:, None]}, {modality: one}, {modality: torch.full((len(images), 1), float("nan"))},
         images.new_zeros(len(images), 2),
     )  # fmt: skip
-    spatial = encoder.spatial[modality](MultiModalBatch({modality: images})).stage_features
-    return [*spatial[:-1], encoder(batch).fused]
+    output = encoder(batch)
+    return [*(stage[:, 0] for stage in output.stages[modality][:-1]), output.fused]
 
 
 class PixelStatistics(nn.Module):

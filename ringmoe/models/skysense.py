@@ -68,7 +68,8 @@ class FusionBlock(nn.Module):
 class SkySenseOutput:
     """``fused`` (B, D, h, w): the spatiotemporal representation; ``per_modality``: each modality's mean over
     its present dates (B, D, h, w) and ``has`` (B,) whether the sample has that modality at all;
-    ``dates``: per modality the per-date maps (B, T, D, h, w)."""
+    ``dates``: per modality the per-date maps (B, T, D, h, w); ``stages``: per modality every stage of its
+    spatial encoder per date (B, T, C_s, h_s, w_s), finest first, the last one ``dates``."""
 
     fused: torch.Tensor
     per_modality: dict[str, torch.Tensor]
@@ -77,6 +78,7 @@ class SkySenseOutput:
     aux_loss: torch.Tensor
     z_loss: torch.Tensor
     router_stats: list[RouterStats] = field(default_factory=list)
+    stages: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class SkySenseEncoder(nn.Module):
@@ -141,7 +143,7 @@ class SkySenseEncoder(nn.Module):
     def forward(self, batch: SequenceBatch) -> SkySenseOutput:
         router_losses: torch.Tensor | None = None
         stats: list[RouterStats] = []
-        dates, tokens, padding, codes = {}, [], [], []
+        dates, stages, tokens, padding, codes = {}, {}, [], [], []
         reference = next(iter(batch.images.values()))
         size = reference.shape[0]
         for index, modality in enumerate(self.modalities):
@@ -155,7 +157,8 @@ class SkySenseEncoder(nn.Module):
             losses = torch.stack([output.aux_loss, output.z_loss])
             router_losses = losses if router_losses is None else router_losses + losses
             stats.extend(output.router_stats)
-            maps = output.features.unflatten(0, (size, steps))  # (B, T, D, h, w)
+            stages[modality] = [stage.unflatten(0, (size, steps)) for stage in output.stage_features]
+            maps = stages[modality][-1]  # (B, T, D, h, w)
             dates[modality] = maps
             h, w = maps.shape[-2:]
             tokens.append(maps.permute(0, 3, 4, 1, 2).reshape(size * h * w, steps, -1) + self.modality_embed[index])
@@ -183,7 +186,7 @@ class SkySenseEncoder(nn.Module):
             per_modality[modality] = (maps * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1)
             has[modality] = present.any(dim=1)
         balance, z_loss = router_losses.unbind(0)
-        return SkySenseOutput(fused, per_modality, has, dates, balance, z_loss, stats)
+        return SkySenseOutput(fused, per_modality, has, dates, balance, z_loss, stats, stages)
 
     def _inputs(self, batch: SequenceBatch, modality: str, reference: torch.Tensor):
         if modality in batch.images:
