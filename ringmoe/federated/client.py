@@ -15,9 +15,10 @@ import flwr as fl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from ringmoe.config.federated import ClientConfig, FederatedConfig
-from ringmoe.core.errors import ConfigError
+from ringmoe.core.errors import CheckpointError, ConfigError
 from ringmoe.federated.data import ClientData, client_data
 from ringmoe.models.convnextv2 import convnextv2, feature_width
 from ringmoe.recipes.eos.combiner import Combiner
@@ -32,6 +33,35 @@ def build_combiner(config: FederatedConfig) -> Combiner:
     torch.manual_seed(config.seed)
     dims = {c.specialist: feature_width(c.variant) for c in config.clients}
     return Combiner(dims, config.combiner_dim, heads=4, num_classes=1)
+
+
+def find_client(config: FederatedConfig, name: str) -> ClientConfig:
+    client = next((c for c in config.clients if c.name == name), None)
+    if client is None:
+        raise ConfigError(f"--client {name!r} is not in the config's clients {[c.name for c in config.clients]}")
+    return client
+
+
+def load_combiner_file(combiner: Combiner, path: Path) -> list[str]:
+    """Loads every tensor of the safetensors ``path`` into ``combiner`` (names and shapes must match); the
+    tensors the file lacks keep their values. Returns those, sorted."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: combiner file not found")
+    previous = load_file(path)
+    state = combiner.state_dict()
+    unknown = sorted(set(previous) - set(state))
+    mismatched = [k for k in previous if k in state and previous[k].shape != state[k].shape]
+    if unknown or mismatched:
+        raise CheckpointError(f"{path}: tensors {unknown or mismatched} do not fit this config's combiner")
+    state.update(previous)
+    combiner.load_state_dict(state)
+    return sorted(set(state) - set(previous))
+
+
+def held_out_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Binary cross-entropy and accuracy (logit > 0) of the shared task."""
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    return float(loss), float(((logits > 0).float() == labels).float().mean())
 
 
 def get_state(combiner: Combiner) -> list[np.ndarray]:
@@ -95,16 +125,12 @@ class SpecialistClient(fl.client.NumPyClient):
         set_state(self.combiner, parameters)
         self.combiner.eval()
         with torch.no_grad():
-            logits = self._logits(self.test_x)
-            loss = F.binary_cross_entropy_with_logits(logits, self.test_y)
-            accuracy = ((logits > 0).float() == self.test_y).float().mean()
-        return float(loss), len(self.test_y), {"accuracy": float(accuracy), "client": self.client.name}
+            loss, accuracy = held_out_scores(self._logits(self.test_x), self.test_y)
+        return loss, len(self.test_y), {"accuracy": accuracy, "client": self.client.name}
 
 
 def run_client(client_name: str, config: FederatedConfig, config_dir: Path) -> None:
-    client = next((c for c in config.clients if c.name == client_name), None)
-    if client is None:
-        raise ConfigError(f"--client {client_name!r} is not in the config's clients {[c.name for c in config.clients]}")
+    client = find_client(config, client_name)
     fl.client.start_client(
         server_address=config.address, client=SpecialistClient(client, config, config_dir).to_client()
     )

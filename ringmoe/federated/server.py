@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from ringmoe.config.federated import FederatedConfig
-from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json
-from ringmoe.federated.client import build_combiner, get_state
+from ringmoe.federated.client import build_combiner, get_state, load_combiner_file
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +86,8 @@ def initial_combiner(config: FederatedConfig):
     combiner = build_combiner(config)
     if not config.init_combiner:
         return combiner
-    path = Path(config.init_combiner)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: init_combiner not found")
-    previous = load_file(path)
-    state = combiner.state_dict()
-    unknown = sorted(set(previous) - set(state))
-    mismatched = [k for k in previous if k in state and previous[k].shape != state[k].shape]
-    if unknown or mismatched:
-        raise CheckpointError(f"{path}: tensors {unknown or mismatched} do not fit this config's combiner")
-    state.update(previous)
-    combiner.load_state_dict(state)
-    log.info("combiner from %s; new: %s", path, sorted(set(state) - set(previous)))
+    fresh = load_combiner_file(combiner, Path(config.init_combiner))
+    log.info("combiner from %s; new: %s", config.init_combiner, fresh)
     return combiner
 
 

@@ -175,3 +175,29 @@ def test_fedprox_keeps_a_client_closer_to_the_global_combiner():
         return float(sum(np.abs(a - b).sum() for a, b in zip(arrays, start)))
 
     assert moved(10.0) < moved(0.0)
+
+
+def test_combiner_files_and_client_names_are_checked(tmp_path):
+    """One loader for init_combiner and held-out scoring: a missing file, a tensor of another shape or name is a
+    named error; an unknown client name is a config error, not a StopIteration."""
+    from safetensors.torch import save_file
+
+    from ringmoe.config.federated import ClientConfig, FederatedConfig
+    from ringmoe.core.errors import ConfigError
+    from ringmoe.federated.client import build_combiner, find_client, load_combiner_file
+
+    config = FederatedConfig(clients=[ClientConfig(name="a", specialist="sa"), ClientConfig(name="b", specialist="sb")])
+    combiner = build_combiner(config)
+    with pytest.raises(CheckpointError, match="combiner file not found"):
+        load_combiner_file(combiner, tmp_path / "missing.safetensors")
+    partial = {k: torch.full_like(v, 0.5) for k, v in combiner.state_dict().items() if k.startswith("project.sa")}
+    save_file(partial, tmp_path / "partial.safetensors")
+    fresh = load_combiner_file(combiner, tmp_path / "partial.safetensors")
+    assert fresh and not any(k.startswith("project.sa") for k in fresh)
+    assert all(torch.equal(combiner.state_dict()[k], v) for k, v in partial.items())
+    save_file({"query": torch.zeros(3)}, tmp_path / "wrong.safetensors")
+    with pytest.raises(CheckpointError, match=r"wrong.safetensors: tensors \['query'\] do not fit"):
+        load_combiner_file(combiner, tmp_path / "wrong.safetensors")
+    assert find_client(config, "b").specialist == "sb"
+    with pytest.raises(ConfigError, match="'c' is not in the config's clients"):
+        find_client(config, "c")
