@@ -9,20 +9,16 @@ writing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import queue
 import re
 import struct
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json, sha256_file
@@ -31,41 +27,13 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 
-def _plan(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name in sorted(state):
-        nbytes = state[name].numel() * state[name].element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
 def write_sharded(
     state: dict[str, torch.Tensor], out_dir: Path, metadata: dict[str, str], max_shard_bytes: int = 2 * 2**30
 ) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(state, max_shard_bytes)
-    single = len(plan) == 1
-    written, weight_map, checksums = [], {}, {}
-    for index, names in enumerate(plan, start=1):
-        name = SINGLE_NAME if single else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
-        path = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        save_file({n: state[n] for n in names}, str(tmp), metadata=metadata)
-        tmp.replace(path)
-        checksums[name] = sha256_file(path)
-        weight_map.update({n: name for n in names})
-        written.append(path)
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    atomic_write_json(
-        out_dir / INDEX_NAME,
-        {"metadata": {"total_size": total, "sha256": checksums, **metadata}, "weight_map": weight_map},
-    )
-    return written
+    """A state dict in memory, in name order (the same aligned layout as ``write_sharded_stream``)."""
+    names = sorted(state)
+    specs = [TensorSpec(n, state[n].dtype, tuple(state[n].shape)) for n in names]
+    return write_sharded_stream(specs, ((n, state[n]) for n in names), out_dir, metadata, max_shard_bytes)
 
 
 def read_sharded(directory: Path, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -109,41 +77,36 @@ def _shard_plan(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[Tens
     return shards
 
 
-def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
+# Tensor data starts at multiples of this in the file, so a memory-mapped load (safetensors, transformers) hands the
+# model weights as aligned as PyTorch's own allocations: BLAS kernels pick other code paths for unaligned
+# operands, and a model loaded from an unaligned file computed features 1 ulp away from the same weights
+# in allocated memory on some CPUs.
+ALIGNMENT = 64
+
+
+def _file_order(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """The tensors' order in the file. safetensors allows no gaps between tensors, so alignment comes from the
+    order: every tensor whose size is a multiple of ``ALIGNMENT`` first (all of them start aligned), then the
+    few others (scalars, per-head values)."""
+    return [s for s in specs if s.nbytes % ALIGNMENT == 0] + [s for s in specs if s.nbytes % ALIGNMENT]
+
+
+def _header(file_order: list[TensorSpec], metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
+    """The header bytes and each tensor's file position."""
     entries: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
-    for spec in specs:
+    offsets, offset = {}, 0
+    for spec in file_order:
         entries[spec.name] = {
             "dtype": _SAFETENSORS_DTYPES[spec.dtype],
             "shape": list(spec.shape),
             "data_offsets": [offset, offset + spec.nbytes],
         }
+        offsets[spec.name] = offset
         offset += spec.nbytes
     header = json.dumps(entries, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
-    return struct.pack("<Q", len(header)) + header
-
-
-class _BackgroundSha256:
-    """sha256 on a second thread (hashlib releases the GIL), overlapping the hash with the file writes."""
-
-    def __init__(self) -> None:
-        self._digest = hashlib.sha256()
-        self._queue: queue.Queue = queue.Queue(maxsize=8)  # bounded: at most a few tensors wait for the hash
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._digest.update(chunk)
-
-    def update(self, chunk) -> None:
-        self._queue.put(chunk)
-
-    def hexdigest(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
-        return self._digest.hexdigest()
+    header += b" " * (-(8 + len(header)) % ALIGNMENT)  # trailing spaces are valid header padding
+    data_start = 8 + len(header)
+    return struct.pack("<Q", len(header)) + header, {name: data_start + o for name, o in offsets.items()}
 
 
 def write_sharded_stream(
@@ -153,7 +116,8 @@ def write_sharded_stream(
     metadata: dict[str, str],
     max_shard_bytes: int = 2 * 2**30,
 ) -> list[Path]:
-    """``tensors`` must yield ``(name, tensor)`` in the order of ``specs``, each of the spec's dtype and shape."""
+    """``tensors`` must yield ``(name, tensor)`` in the order of ``specs``, each of the spec's dtype and shape.
+    Each is written at its aligned place in the shard as it arrives (see ``_file_order``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = _shard_plan(specs, max_shard_bytes)
     single = len(plan) == 1
@@ -162,11 +126,9 @@ def write_sharded_stream(
     for index, shard in enumerate(plan, start=1):
         name = SINGLE_NAME if single else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
         path, tmp = out_dir / name, out_dir / f".{name}.tmp"
-        digest = _BackgroundSha256()
+        header, positions = _header(_file_order(shard), metadata)
         with open(tmp, "wb") as handle:
-            header = _header(shard, metadata)
             handle.write(header)
-            digest.update(header)
             for spec in shard:
                 got, tensor = next(stream)
                 if got != spec.name or tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
@@ -174,13 +136,12 @@ def write_sharded_stream(
                         f"{name}: expected {spec.name} {spec.dtype} {spec.shape}, got {got} {tensor.dtype} "
                         f"{tuple(tensor.shape)}"
                     )
-                data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
-                handle.write(memoryview(data))
-                digest.update(memoryview(data))
+                handle.seek(positions[spec.name])
+                handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
             handle.flush()
             os.fsync(handle.fileno())
+        checksums[name] = sha256_file(tmp)  # written out of order: hashed once complete
         tmp.replace(path)
-        checksums[name] = digest.hexdigest()
         weight_map.update({spec.name: name for spec in shard})
         written.append(path)
     atomic_write_json(

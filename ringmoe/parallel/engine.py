@@ -6,10 +6,12 @@ import math
 
 import deepspeed
 import torch
+from deepspeed.accelerator import get_accelerator
 from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 from torch import nn
 
 from ringmoe.config.schema import RunConfig
+from ringmoe.core.errors import ConfigError
 
 # Norms, biases, the attention temperature and the mask token are not decayed (as in Swin/SimMIM).
 _NO_DECAY_HINTS = ("norm", "bias", "logit_scale", "mask_token")
@@ -33,6 +35,31 @@ def deepspeed_config(config: RunConfig, data_parallel_size: int) -> dict:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+
+
+def unsupported_precision_message(precision: str, supported: dict[str, bool], device: str) -> str | None:
+    """Why ``precision`` cannot run on ``device`` (None when it can), naming the precisions that can.
+
+    ``supported`` maps bf16/fp16 to the accelerator's answer; fp32 always runs."""
+    if precision == "fp32" or supported.get(precision):
+        return None
+    usable = [name for name in ("bf16", "fp16") if supported.get(name)] + ["fp32"]
+    return (
+        f"train.precision={precision} is not supported by the {device} accelerator on this machine; "
+        f"use {' or '.join(usable)}"
+    )
+
+
+def check_precision_supported(precision: str) -> None:
+    """Fail with a config error before any process group or engine exists, instead of DeepSpeed's
+    ``ValueError`` from inside ``deepspeed.initialize``. The CPU accelerator answers per CPU: fp16 needs
+    native support (e.g. AVX-512 FP16/AMX), so the same config runs on one machine and not on another."""
+    accelerator = get_accelerator()
+    # The CPU accelerator returns None rather than False when the CPU lacks fp16.
+    supported = {"bf16": bool(accelerator.is_bf16_supported()), "fp16": bool(accelerator.is_fp16_supported())}
+    message = unsupported_precision_message(precision, supported, accelerator.device_name().upper())
+    if message:
+        raise ConfigError(message)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -27,7 +27,7 @@ from ringmoe.data.loader import build_loader
 from ringmoe.models.size import forward_flops_per_sample
 from ringmoe.objectives.build import build_objective
 from ringmoe.parallel.distributed import init_distributed
-from ringmoe.parallel.engine import build_engine
+from ringmoe.parallel.engine import build_engine, check_precision_supported
 from ringmoe.parallel.parallelize import parallelize
 from ringmoe.parallel.topology import init_topology
 from ringmoe.recipes.build import build_pretraining_model
@@ -62,6 +62,7 @@ class TrainResult:
 def train(config: RunConfig) -> TrainResult:
     config.validate()
     # Before any process group: config errors first.
+    check_precision_supported(config.train.precision)
     objective = build_objective(config.objective, config.model) if config.model.recipe == "ringmoe" else None
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"

@@ -14,6 +14,7 @@ from ringmoe.core.batch import MultiModalBatch
 from ringmoe.models.build import build_model
 from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss
 from tests.distributed.spawn import run_distributed
+from tests.tolerances import assert_close_up_to_rounding, loss_rtol
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(600)]
 
@@ -72,8 +73,11 @@ def _ep_parity_worker(rank: int, world: int, out_dir: str, checkpointed: bool = 
 def test_ep2_matches_single_device_loss_and_gradients(tmp_path: Path, checkpointed: bool) -> None:
     run_distributed(_ep_parity_worker, 2, str(tmp_path), checkpointed)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # Same weights, same batches, no optimizer step: the two differ by the rounding of their summation order.
+    rtol = loss_rtol(ModelConfig())
+    grad_rtol = 2 * rtol  # gradients: the forward's rounding and the backward's
     for data in ranks:
-        torch.testing.assert_close(data["results"]["ep_loss"], data["results"]["ref_loss"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(data["results"]["ep_loss"], data["results"]["ref_loss"], rtol=rtol, atol=0)
 
     from ringmoe.parallel.moe_keys import to_single_device_key
 
@@ -87,14 +91,14 @@ def test_ep2_matches_single_device_loss_and_gradients(tmp_path: Path, checkpoint
                 ref_name = f"{prefix}experts.{rank * local + int(index)}.{param}"
                 expected = ranks[0]["grads"]["ref"][ref_name] + ranks[1]["grads"]["ref"][ref_name]
                 assert grad is not None and grad.abs().sum() > 0, f"expert {ref_name} got no gradient"
-                torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+                assert_close_up_to_rounding(grad, expected, grad_rtol, ref_name)
                 checked_experts += 1
             else:
                 ref = data["grads"]["ref"][to_single_device_key(name)]
                 if grad is None:
                     assert ref is None, name
                     continue
-                torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+                assert_close_up_to_rounding(grad, ref, grad_rtol, name)
     assert checked_experts > 0
 
 

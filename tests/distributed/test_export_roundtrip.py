@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ringmoe.config.schema import ModelConfig
 from tests.distributed.spawn import run_distributed
+from tests.tolerances import assert_close_up_to_rounding, loss_rtol
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
@@ -57,4 +59,6 @@ def test_engine_eval_forward_equals_the_exported_model(demo_shards: Path, tmp_pa
     with torch.no_grad():
         exported = model(pixel_values=fixed_batch().images).last_hidden_state
     expected = load_file(str(run / "engine_features.safetensors"))["features"]
-    torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-5)
+    # The engine ran the experts over 2 ranks (EP=2), the export runs them in one process: the same function
+    # with sums in another order (tests/tolerances.py).
+    assert_close_up_to_rounding(exported, expected, loss_rtol(ModelConfig()), "features")

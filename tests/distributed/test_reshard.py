@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.distributed.test_resume import _command, _run
+from tests.tolerances import tiny_loss_rtol
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
 
@@ -39,8 +40,9 @@ def test_reshard_then_resume_continues_the_loss(demo_shards: Path, tmp_path: Pat
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     rows = _rows(tmp_path / "resharded")
     assert rows[0]["step"] == 4
-    # Step 4's loss is computed from the step-3 weights before any update: the same as the original run's.
-    torch.testing.assert_close(rows[0]["loss/total"], reference[3]["loss/total"], rtol=1e-5, atol=1e-6)
+    # Step 4's loss is computed from the step-3 weights before any update: the original run's loss, up to the
+    # rounding of the other EP size's summation order (a forward pass only, no Adam in between).
+    torch.testing.assert_close(rows[0]["loss/total"], reference[3]["loss/total"], rtol=tiny_loss_rtol(), atol=0)
     assert rows[-1]["step"] == 6 and all(r["loss/total"] == r["loss/total"] for r in rows)
 
 
@@ -80,4 +82,4 @@ def test_reshard_tensor_parallel_then_resume_continues_the_loss(demo_shards, tmp
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     rows = _rows(tmp_path / "resharded")
     assert rows[0]["step"] == 4
-    torch.testing.assert_close(rows[0]["loss/total"], reference[3]["loss/total"], rtol=2e-5, atol=0)
+    torch.testing.assert_close(rows[0]["loss/total"], reference[3]["loss/total"], rtol=tiny_loss_rtol(), atol=0)

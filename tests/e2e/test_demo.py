@@ -114,7 +114,8 @@ def test_hf_export_reproduces_the_checkpoint(demo: tuple[Path, str]) -> None:
     with torch.no_grad():
         expected = reference.eval().encoder(batch).features
         actual = exported.eval()(pixel_values=batch.images).last_hidden_state
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    # The same code on the same weights in aligned memory (the export's shards are laid out aligned): bitwise.
+    assert torch.equal(actual, expected)
     card = (out / "hf" / "README.md").read_text()
     assert "sentinel1_grd" in card and "capella_quadpol" in card
 
