@@ -1,9 +1,11 @@
 """Hierarchical mixture-of-experts FFN of RingMoE, single-device.
 
 Per block: modal-specialized experts behind one top-1 router per modality, collaborative experts behind one top-1
-router shared by all modalities, and one always-on shared expert. Routing follows GShard/DeepSpeed top-1 gating
-with a capacity limit (tokens over capacity are dropped from that expert, they keep the other paths), so that
+router shared by all modalities, and one always-on shared expert. Training routes with GShard/DeepSpeed top-1 gating
+and a capacity limit (tokens over capacity are dropped from that expert, they keep the other paths), so that
 ``ringmoe.parallel`` can swap a ``RoutedExperts`` for DeepSpeed's expert-parallel layer with identical results.
+In eval mode routing is dropless: which tokens overflow an expert depends on the other images in the batch, so any
+capacity limit at inference makes an image's features depend on its batch companions and the batch size.
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class RoutedExperts(nn.Module):
         self.experts = nn.ModuleList(FeedForward(dim, hidden_dim) for _ in range(num_experts))
 
     def capacity(self, num_tokens: int) -> int:
+        """Slots per expert: capacity-limited in training, every token in eval mode (dropless inference)."""
+        if not self.training:
+            return num_tokens
         return expert_capacity(num_tokens, self.num_experts, self.capacity_factor, self.min_capacity)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:

@@ -43,7 +43,8 @@ class DeepSpeedRoutedExperts(nn.Module):
             ep_size=ep_size,
             k=1,
             capacity_factor=routed.capacity_factor,
-            eval_capacity_factor=routed.capacity_factor,
+            # Dropless in eval mode, like RoutedExperts: ceil(tokens / E * E) slots per expert hold every token.
+            eval_capacity_factor=float(routed.num_experts),
             min_capacity=routed.min_capacity,
             drop_tokens=True,
             use_rts=False,
@@ -76,14 +77,19 @@ class DeepSpeedRoutedExperts(nn.Module):
             output, aux_loss, _ = self.moe(tokens)
         # DeepSpeed's gate keeps its logits to itself: recompute them (E columns, cheap) for the z-loss and stats.
         logits = F.linear(tokens.float(), self.moe.deepspeed_moe.gate.wg.weight.float())
-        capacity = expert_capacity(common, self.num_experts, self.capacity_factor, self.min_capacity)
+        capacity = self._capacity(common)
         losses = torch.stack([aux_loss.float(), router_z_loss(logits)])
         return output, losses, routing_stats(self.name, logits, capacity)
+
+    def _capacity(self, count: int) -> int:
+        """DeepSpeed's slots per expert for ``count`` tokens: its eval capacity factor holds every token."""
+        factor = self.capacity_factor if self.training else float(self.num_experts)
+        return expert_capacity(count, self.num_experts, factor, self.min_capacity)
 
     def _divisible_capacity_count(self, count: int) -> int:
         """The smallest token count >= ``count`` whose capacity splits evenly over the TP ranks: under TP,
         DeepSpeed hands each TP rank an equal share of every expert's capacity slots for the all-to-all."""
-        while expert_capacity(count, self.num_experts, self.capacity_factor, self.min_capacity) % self.tensor_parallel:
+        while self._capacity(count) % self.tensor_parallel:
             count += 1
         return count
 

@@ -4,7 +4,7 @@ Forward hooks on every ``HierarchicalMoE`` and ``RoutedExperts`` (the model code
 calibration stream:
 
 - ``tokens``: tokens whose top-1 choice is the expert (before the capacity limit);
-- ``kept``: of those, the ones within capacity;
+- ``kept``: of those, the ones within capacity (all of them: calibration runs in eval mode, where routing is dropless);
 - ``gate_mass``: summed router probability of the expert;
 - ``contribution``: summed norm of the expert's gate-weighted output, ``g(x) * ||f(x)||`` (REAP's saliency, summed
   rather than averaged, so that it weighs how often an expert is used as well as how much it adds);

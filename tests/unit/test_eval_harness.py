@@ -264,3 +264,27 @@ def test_the_shared_pack_config_reads_the_same_sets_as_the_demo_copy():
         a, b = load_task_data(shared, index, shared_config.parent), load_task_data(demo, index, EVAL_CONFIG.parent)
         assert (a.name, a.keys, a.class_names) == (b.name, b.keys, b.class_names)
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_an_images_features_do_not_depend_on_its_batch(three_sources):
+    """Routing is dropless in eval mode, so no token of an image is dropped because of the images beside it:
+    its features are the same alone, among other companions and in batches of other sizes, from the checkpoint,
+    its consolidation and its HF export alike (with a capacity limit they moved by up to 0.28). Same up to float
+    rounding, not bitwise: an expert's matmul runs over the tokens routed to it, and the BLAS kernel for that
+    shape may sum in another order (seen: 7e-7 at a largest value of 3.8)."""
+    from ringmoe.eval.features import load_encoder
+    from tests.tolerances import assert_close_up_to_rounding, loss_rtol
+
+    rtol = loss_rtol(load_model_config(TINY))
+
+    _, sources = three_sources
+    patches = ADAPTERS["bigearthnet"](DEMO / "sentinel2_l2a_bigearthnet").images  # (6, 4, 120, 120) real S2
+    windows = torch.cat([patches[..., y : y + 64, x : x + 64] for y in (0, 56) for x in (0, 56)])  # 24 images
+    image = windows[:1]
+    batches = [windows[:16], torch.cat([image, windows[9:24]]), windows[:5], torch.cat([image, image])]
+    for source in sources:
+        encoder = load_encoder(source)
+        alone = encoder.stages(image, "multispectral")
+        for batch in batches:
+            for stage, (got, expected) in enumerate(zip(encoder.stages(batch, "multispectral"), alone)):
+                assert_close_up_to_rounding(got[:1], expected, rtol, f"{encoder.name} stage {stage} batch {len(batch)}")

@@ -69,7 +69,9 @@ def test_calibration_counts_match_the_models_router_stats(model, report):
         assert torch.all(total.kept <= total.tokens)
         # Every token's probability row sums to 1: affinity rows add up to the tokens each expert was chosen by.
         torch.testing.assert_close(total.affinity.sum(dim=1), total.tokens)
-    assert any(float((r.total().tokens - r.total().kept).sum()) > 0 for r in report.routers.values())
+    # Calibration runs the model in eval mode, as it is deployed: dropless, every routed token is kept even
+    # under this config's tight training capacity.
+    assert all(torch.equal(r.total().kept, r.total().tokens) for r in report.routers.values())
     assert report.samples == {m: 6 for m in CONFIG.in_chans}
 
 
