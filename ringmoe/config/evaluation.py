@@ -30,7 +30,11 @@ class EvalConfig:
 
     Probes: ``folds``-fold cross-validation over groups of samples of one place, ``seed`` for folds, probe
     initialization, pixel sampling and t-SNE; ``knn_k`` neighbours; ``weight_decay`` of the logistic
-    regressions; ``max_train_pixels`` per fold for the dense tasks."""
+    regressions; ``max_train_pixels`` per fold for the dense tasks.
+
+    Sets with fixed split files (``train``/``val``/``test``) are scored on ``test`` instead of by folds: probes
+    train on each of ``label_fractions`` of ``train`` (stratified, seeded), and every score carries a
+    ``confidence`` interval from ``bootstrap`` resamplings of the test images."""
 
     encoders: list[str] = field(default_factory=list)
     tasks: list[EvalTaskConfig] = field(default_factory=list)
@@ -40,6 +44,9 @@ class EvalConfig:
     weight_decay: float = 1e-3
     batch_size: int = 16
     max_train_pixels: int = 100_000
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    bootstrap: int = 1000
+    confidence: float = 0.95
     device: str = "cpu"  # where encoders run, e.g. cuda; probes run on the CPU in float64
     output_dir: str = "runs/eval"
     plots: bool = True
@@ -55,6 +62,12 @@ class EvalConfig:
                 raise ConfigError(f"eval.tasks[{index}]: needs dataset and root (got {task.dataset!r}, {task.root!r})")
         if self.folds < 2:
             raise ConfigError(f"eval.folds={self.folds}: cross-validation needs at least 2 folds")
+        if not self.label_fractions or not all(0.0 < f <= 1.0 for f in self.label_fractions):
+            raise ConfigError(f"eval.label_fractions={self.label_fractions}: each must be in (0, 1]")
+        if self.bootstrap < 100 or not 0.0 < self.confidence < 1.0:
+            raise ConfigError(
+                f"eval.bootstrap={self.bootstrap} must be >= 100 and eval.confidence={self.confidence} in (0, 1)"
+            )
         if self.knn_k < 1 or self.batch_size < 1 or self.max_train_pixels < 1:
             raise ConfigError(
                 f"eval.knn_k={self.knn_k}, batch_size={self.batch_size} and max_train_pixels={self.max_train_pixels}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -17,11 +17,18 @@ class Result:
     task: str  # e.g. "bigearthnet multi-label (linear probe)"
     encoder: str  # FrozenEncoder.name
     metric: str  # e.g. "mAP"
-    mean: float
-    std: float  # over cross-validation folds (0 for a single split)
+    mean: float  # over cross-validation folds, or the score on a fixed test split
+    std: float  # over folds, or of the bootstrap scores on a fixed split
     n: int  # labelled samples scored
-    folds: int
+    folds: int  # 0: a fixed test split, scored with a bootstrap interval
     chance: float  # the score of guessing (majority class, or label frequency for mAP)
+    low: Optional[float] = None  # the bootstrap confidence interval, on a fixed split
+    high: Optional[float] = None
+
+    def score_text(self) -> str:
+        if self.folds:
+            return f"{self.mean:.3f} ± {self.std:.3f}"
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
 def write_results(results: list[Result], out_dir: Path, notes: Sequence[str] = ()) -> Path:
@@ -30,9 +37,10 @@ def write_results(results: list[Result], out_dir: Path, notes: Sequence[str] = (
     follow the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "results.json", {"results": [asdict(r) for r in results], "notes": list(notes)})
-    lines = ["| task | encoder | metric | score (mean ± std) | chance | n | folds |", "|---|---|---|---|---|---|---|"]
+    score = "score (mean ± std over folds, or [confidence interval] on test)"
+    lines = [f"| task | encoder | metric | {score} | chance | n | folds |", "|---|---|---|---|---|---|---|"]
     lines += [
-        f"| {r.task} | {r.encoder} | {r.metric} | {r.mean:.3f} ± {r.std:.3f} | {r.chance:.3f} | {r.n} | {r.folds} |"
+        f"| {r.task} | {r.encoder} | {r.metric} | {r.score_text()} | {r.chance:.3f} | {r.n} | {r.folds or 'test'} |"
         for r in results
     ]
     lines += [""] + [f"- {note}" for note in notes] if notes else []

@@ -18,7 +18,9 @@ from typing import Optional
 import torch
 
 from ringmoe.config.evaluation import EvalConfig
+from ringmoe.core.errors import DataError
 from ringmoe.eval.datasets import IGNORE, LabelledSet
+from ringmoe.eval.datasets.common import SPLITS
 from ringmoe.eval.features import FrozenEncoder, dense_features, pooled_features
 from ringmoe.eval.metrics import (
     accuracy,
@@ -30,6 +32,7 @@ from ringmoe.eval.metrics import (
     nanmean,
 )
 from ringmoe.eval.probe import CrossValidation, group_folds, knn_scores, linear_probe, out_of_fold
+from ringmoe.eval.protocol import bootstrap_interval, label_fraction
 from ringmoe.eval.report import Result
 
 Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,15 +75,28 @@ def _pooled(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> 
     return pooled_features(encoder, data.images, data.modality, settings.batch_size)
 
 
-def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
-    features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
-    folds = _folds(data, settings)
-    predictors: dict[str, Predict] = {
+def _scene_predictors(classes: int, settings: EvalConfig) -> dict[str, Predict]:
+    return {
         "linear probe": lambda tx, ty, vx: linear_probe(
             tx, ty, vx, classes, weight_decay=settings.weight_decay, seed=settings.seed
         ).argmax(1),
         "kNN": lambda tx, ty, vx: knn_scores(tx, ty, vx, classes, k=settings.knn_k).argmax(1),
     }
+
+
+def _scene_metrics(classes: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], float]]:
+    return {
+        "accuracy": lambda p, t: accuracy(confusion_matrix(p, t, classes)),
+        "balanced accuracy": lambda p, t: balanced_accuracy(confusion_matrix(p, t, classes)),
+    }
+
+
+def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
+    if data.split is not None:
+        return scene_classification_on_splits(encoder, data, settings)
+    features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
+    folds = _folds(data, settings)
+    predictors = _scene_predictors(classes, settings)
     majority = out_of_fold(features, labels, folds, lambda tx, ty, vx: ty.mode().values.expand(len(vx)))
     results, per_class, confusion = [], {}, None
     for name, predict in predictors.items():
@@ -103,6 +119,49 @@ def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: Ev
         pooled_confusion = sum(confusion_matrix(p, labels[t], classes) for t, p in predictions)
         per_class[f"F1 ({name})"] = f1_per_class(pooled_confusion).tolist()
         confusion = pooled_confusion if confusion is None else confusion
+    colour = [data.class_names[int(c)] for c in labels]
+    return TaskOutcome(results, data.class_names, per_class, confusion, features, colour)
+
+
+def scene_classification_on_splits(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
+    """Probes fit on each label fraction of ``train`` and score ``test``, with bootstrap intervals; the chance
+    level is the majority class of the same training subset."""
+    features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
+    train_all = torch.nonzero(data.split == SPLITS.index("train")).flatten()
+    test = torch.nonzero(data.split == SPLITS.index("test")).flatten()
+    if not len(train_all) or not len(test):
+        raise DataError(f"{data.name}: a fixed split needs train and test samples (got {len(train_all)}, {len(test)})")
+    results, per_class, confusion = [], {}, None
+    for fraction in settings.label_fractions:
+        train = label_fraction(labels, train_all, fraction, settings.seed)
+        share = f"{fraction * 100:g}% labels"
+        majority = labels[train].mode().values.expand(len(test))
+        for name, predict in _scene_predictors(classes, settings).items():
+            predicted = predict(features[train], labels[train], features[test])
+            for metric, score in _scene_metrics(classes).items():
+                interval = bootstrap_interval(
+                    predicted, labels[test], score, settings.bootstrap, settings.confidence, settings.seed
+                )
+                task = f"{data.name} ({name}, {share}, {len(train)} train)"
+                chance = score(majority, labels[test])
+                results.append(
+                    Result(
+                        task,
+                        encoder.name,
+                        metric,
+                        interval.score,
+                        interval.std,
+                        len(test),
+                        folds=0,
+                        chance=chance,
+                        low=interval.low,
+                        high=interval.high,
+                    )
+                )
+            if fraction == max(settings.label_fractions):
+                test_confusion = confusion_matrix(predicted, labels[test], classes)
+                per_class[f"F1 ({name})"] = f1_per_class(test_confusion).tolist()
+                confusion = test_confusion if confusion is None else confusion
     colour = [data.class_names[int(c)] for c in labels]
     return TaskOutcome(results, data.class_names, per_class, confusion, features, colour)
 

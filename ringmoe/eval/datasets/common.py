@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 IGNORE = -1  # label of pixels that are not scored (no data, clouds, invalid in either date)
 KINDS = ("scene", "multilabel", "segmentation", "change")
+SPLITS = ("train", "val", "test")  # ``LabelledSet.split`` holds indexes into this
 
 
 @dataclass
@@ -32,6 +33,8 @@ class LabelledSet:
     class index (change: 1 changed, 0 not) with ``IGNORE`` where a pixel is not scored. ``groups``: samples with
     the same group share a footprint and never go to different folds (tiles of one place on several dates).
     ``images_after``: the second date of a change pair. ``skipped``: why samples were left out, counted.
+    ``split``: for a set with fixed split files, each sample's index into ``SPLITS``; probes then train on
+    ``train`` and report on ``test`` instead of cross-validating.
     """
 
     name: str
@@ -45,6 +48,7 @@ class LabelledSet:
     keys: list[str]
     images_after: Optional[torch.Tensor] = None
     skipped: dict[str, int] = field(default_factory=dict)
+    split: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
