@@ -22,11 +22,12 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     import torch.distributed as dist
 
+    from ringmoe.eval.online import online_probe_callbacks
     from ringmoe.parallel.distributed import shutdown
     from ringmoe.train.loop import train
     from ringmoe.train.preemption import REQUEUE_EXIT_CODE
 
-    result = train(config)
+    result = train(config, online_probe_callbacks(config))
 
     if dist.get_rank() == 0:
         first = result.start_step + 1

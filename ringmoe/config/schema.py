@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import ConfigError
@@ -308,6 +308,32 @@ class ContrastiveConfig:
 
 
 @dataclass
+class OnlineProbeConfig:
+    """A kNN probe on a small labelled set every ``every`` optimizer steps (0: off), so a long run shows its
+    representation quality rising or collapsing. ``dataset``/``root``/``options``: an evaluation adapter as in
+    ``configs/eval/*.yaml`` (``root`` relative to the working directory); ``subset``: labelled images used,
+    stratified; with split files the memory bank is ``train`` and the queries ``test``, otherwise a seeded half
+    of each class."""
+
+    every: int = 0
+    dataset: str = "class_folders"
+    root: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    subset: int = 500
+    k: int = 20
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.every < 0 or self.subset < 4 or self.k < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"train.online_probe: every={self.every} >= 0, subset={self.subset} >= 4, k={self.k} >= 1 and "
+                f"batch_size={self.batch_size} >= 1 are required"
+            )
+        if self.every and not self.root:
+            raise ConfigError("train.online_probe.root is empty: name the labelled set to probe")
+
+
+@dataclass
 class TrainConfig:
     steps: int = 20
     lr: float = 1e-3
@@ -335,6 +361,7 @@ class TrainConfig:
     callbacks: bool = True
     peak_tflops_per_device: float = 0.0  # for MFU, e.g. 989 for H100 SXM bf16 dense; 0: MFU not logged
     watts_per_device: float = 700.0  # for the energy estimate (H100 SXM board power)
+    online_probe: OnlineProbeConfig = field(default_factory=OnlineProbeConfig)
 
 
 @dataclass
@@ -456,6 +483,7 @@ class RunConfig:
             raise ConfigError(f"parallel.zero_stage {self.parallel.zero_stage}: MoE supports ZeRO stage 0, 1 or 2")
         if not 0 <= self.train.min_lr <= self.train.lr:
             raise ConfigError(f"train.lr={self.train.lr} and train.min_lr={self.train.min_lr}: need 0 <= min_lr <= lr")
+        self.train.online_probe.validate()
         if self.train.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision {self.train.precision!r} not in fp32|bf16|fp16")
 

@@ -1,7 +1,8 @@
 """Callbacks that extend the training loop (OLMo-core style): throughput/MFU, router load, accounting.
 
-Each gets ``on_step`` after every optimizer step (adding metrics for the loggers), ``on_save`` with the
-checkpoint directory being written, and keeps a JSON ``state`` that checkpoints carry across restarts.
+Each gets ``on_train_begin`` with the model, ``on_step`` after every optimizer step (adding metrics for the
+loggers), ``on_save`` with the checkpoint directory being written, and keeps a JSON ``state`` that checkpoints
+carry across restarts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class StepInfo:
 
 class Callback:
     name = "callback"
+
+    def on_train_begin(self, model: torch.nn.Module) -> None:
+        """The parallelized model the engine trains (every rank), before the first step."""
 
     def on_step(self, info: StepInfo, metrics: dict[str, float]) -> None:
         pass

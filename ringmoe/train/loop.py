@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,9 @@ class TrainResult:
     engine: object = None  # the DeepSpeed engine, for evaluation after training (callers in the same process)
 
 
-def train(config: RunConfig) -> TrainResult:
+def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """``extra_callbacks``: built by a caller above this layer (the online probe, from ``ringmoe.eval``); they run
+    after the metric callbacks, on every rank, whether or not ``train.callbacks`` is on."""
     config.validate()
     # Before any process group: config errors first.
     check_precision_supported(config.train.precision)
@@ -95,6 +98,9 @@ def train(config: RunConfig) -> TrainResult:
             RouterLoad(replicas=config.parallel.tensor_parallel_size),
             Accounting(world, config.train.watts_per_device),
         ]
+    callbacks += list(extra_callbacks)
+    for callback in callbacks:
+        callback.on_train_begin(engine.module)
     if resume_from is not None:
         meta = read_resume_meta(resume_from, config)
         load_callback_states(callbacks, meta.get("callbacks", {}))

@@ -14,6 +14,7 @@ class MetricLogger:
 
     def __init__(self, output_dir: Path, total_steps: int, initial_step: int, enabled: bool) -> None:
         self.enabled = enabled
+        self.last_probe = ""  # the online probe's last score, kept on the bar between probes
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -29,7 +30,12 @@ class MetricLogger:
         for name, value in metrics.items():
             self.tensorboard.add_scalar(name, value, step)
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{metrics['loss/total']:.4f}")
+        shown = {"loss": f"{metrics['loss/total']:.4f}"}
+        if "probe/knn_accuracy" in metrics:
+            self.last_probe = f"{metrics['probe/knn_accuracy']:.3f}"
+        if self.last_probe:
+            shown["knn"] = self.last_probe
+        self.progress.set_postfix(shown)
 
     def close(self) -> None:
         if self.enabled:
