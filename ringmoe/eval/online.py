@@ -77,10 +77,10 @@ def online_probe_callbacks(config: RunConfig) -> list[Callback]:
     settings = config.train.online_probe
     if not settings.every:
         return []
+    if config.model.recipe != "ringmoe":  # before reading the labelled set
+        raise ConfigError(f"train.online_probe: the {config.model.recipe} recipe has no probe yet (ringmoe only)")
     task = EvalTaskConfig(dataset=settings.dataset, root=settings.root, options=dict(settings.options))
     data = load_task_data(task, 0, Path.cwd())
-    if config.model.recipe != "ringmoe":
-        raise ConfigError(f"train.online_probe: the {config.model.recipe} recipe has no probe yet (ringmoe only)")
     if data.kind != "scene":
         raise ConfigError(f"train.online_probe: {settings.root} is a {data.kind} set; the kNN probe needs scenes")
     if data.modality not in config.model.in_chans:

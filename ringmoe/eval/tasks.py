@@ -101,11 +101,7 @@ def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: Ev
     results, per_class, confusion = [], {}, None
     for name, predict in predictors.items():
         predictions = out_of_fold(features, labels, folds, predict)
-        for metric, score in (("accuracy", accuracy), ("balanced accuracy", balanced_accuracy)):
-
-            def fold_score(predicted, target, score=score):
-                return score(confusion_matrix(predicted, target, classes))
-
+        for metric, fold_score in _scene_metrics(classes).items():
             results.append(
                 _result(
                     f"{data.name} ({name})",

@@ -66,8 +66,9 @@ def load_class_folders(
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in SCENE_SUFFIXES)
         if not files:
             raise DataError(f"{folder}: class folder holds no {'/'.join(SCENE_SUFFIXES)} scene")
-        chosen = [(f, -1) for f in files] if assignment is None else []
-        if assignment is not None:
+        if assignment is None:
+            chosen = [(f, -1) for f in files]
+        else:
             listed = {f"{folder.name}/{f.name}": f for f in files}
             skipped += sum(1 for key in listed if key not in assignment)
             chosen = [(listed[k], s) for k, s in assignment.items() if k in listed]  # split file order
