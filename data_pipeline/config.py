@@ -53,6 +53,9 @@ class InputSpec:
     invalid_mask: Optional[str] = None
     # Read every window at 1/N resolution (GDAL uses the file's overviews when it has them; average).
     downsample: int = 1
+    # A text file of scene paths, one per line (e.g. a dataset's splits/train.txt): of the `scenes` matches, keep
+    # only those whose path ends with a listed one. Resolves like `scenes`.
+    scene_list: Optional[str] = None
 
 
 @dataclass

@@ -46,12 +46,34 @@ class Scene:
 
 
 def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
-    """Sorted matches of the ``scenes`` glob, relative to the config's directory unless absolute."""
+    """Sorted matches of the ``scenes`` glob, relative to the config's directory unless absolute, kept to those
+    in ``scene_list`` when one is given."""
     pattern = spec.scenes if Path(spec.scenes).is_absolute() else str(config_dir / spec.scenes)
     matches = sorted(Path(p) for p in glob.glob(pattern))
     if not matches:
         raise DataError(f"input {spec.source!r}: scenes pattern {spec.scenes!r} matches nothing (looked for {pattern})")
+    if spec.scene_list:
+        matches = _listed(matches, config_dir / spec.scene_list, spec)
     return matches
+
+
+def _listed(matches: list[Path], list_file: Path, spec: InputSpec) -> list[Path]:
+    """The matches whose path ends with a line of ``list_file``; every listed scene must be found."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"input {spec.source!r}: cannot read scene_list {list_file}: {exc.strerror}") from None
+    wanted = {Path(line.strip()).parts for line in lines if line.strip()}
+    depths = {len(parts) for parts in wanted}
+    kept = [path for path in matches if any(path.parts[-depth:] in wanted for depth in depths)]
+    found = {path.parts[-depth:] for path in kept for depth in depths}
+    missing = sorted("/".join(parts) for parts in wanted - found)
+    if missing:
+        raise DataError(
+            f"input {spec.source!r}: {len(missing)} scenes of scene_list {list_file} are not matched by "
+            f"{spec.scenes!r}, e.g. {missing[:3]}"
+        )
+    return kept
 
 
 def scene_name(path: Path) -> str:

@@ -70,6 +70,9 @@ class ModelConfig:
     # Extra decoder outputs per modality for the physical targets. Derived from ``RunConfig.objective`` when a run
     # config is validated (so it travels with the model config into checkpoints); not set by hand.
     decoder_extra_channels: dict[str, int] = field(default_factory=dict)
+    # Output width of the projection head for the two-view contrast (0: no head). Derived from
+    # ``RunConfig.objective.views`` like ``decoder_extra_channels``; not set by hand.
+    projection_dim: int = 0
     recipe: str = "ringmoe"
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
@@ -143,6 +146,8 @@ class DataConfig:
     shards: str = "runs/demo/shards"
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     batch_size_per_modality: int = 2
+    # Per modality, a batch size that replaces batch_size_per_modality (e.g. fewer of a modality with few samples).
+    modality_batch_sizes: dict[str, int] = field(default_factory=dict)
     shuffle_buffer: int = 32
     num_workers: int = 0
     seed: int = 0
@@ -156,6 +161,12 @@ class DataConfig:
     def dates_of(self, modality: str) -> int:
         return self.max_dates.get(modality, 1)
 
+    def batch_size_of(self, modality: str) -> int:
+        return self.modality_batch_sizes.get(modality, self.batch_size_per_modality)
+
+    def images_per_batch(self) -> int:
+        return sum(self.batch_size_of(m) for m in self.modalities)
+
     def validate(self) -> None:
         if not self.modalities:
             raise ConfigError("data.modalities is empty; every batch needs at least one modality")
@@ -167,6 +178,13 @@ class DataConfig:
         for key, low in (("batch_size_per_modality", 1), ("shuffle_buffer", 1), ("num_workers", 0), ("shard_cache", 1)):
             if getattr(self, key) < low:
                 raise ConfigError(f"data.{key}={getattr(self, key)} must be >= {low}")
+        # Entries for modalities this run does not read are allowed (a run narrowed by `data.modalities=[...]`).
+        unknown = sorted(set(self.modality_batch_sizes) - set(MODALITIES))
+        if unknown or any(size < 1 for size in self.modality_batch_sizes.values()):
+            raise ConfigError(
+                f"data.modality_batch_sizes {dict(self.modality_batch_sizes)}: sizes must be >= 1 and keys modalities "
+                f"of {list(MODALITIES)}" + (f" (unknown: {unknown})" if unknown else "")
+            )
         for source, weight in self.source_weights.items():
             if not math.isfinite(weight) or weight < 0:
                 raise ConfigError(f"data.source_weights.{source}={weight} must be a finite number >= 0")
@@ -232,13 +250,49 @@ class SpectralTargets:
 
 
 @dataclass
+class ViewContrast:
+    """Two augmented views of every image, one of them masked for SimMIM, pulled together by an InfoNCE loss
+    (SimCLR's NT-Xent, per modality, negatives: the other images of the rank's micro-batch) on a projection of the
+    pooled final features (``ringmoe.objectives.views``). ``weight`` 0: off, plain SimMIM.
+
+    Augmentations are geometric (random resized crop of ``crop_scale`` of the area, flips, 90 degree rotations:
+    overhead imagery has no up) and photometric (per-channel gain and offset of up to ``gain`` of each channel's
+    spread; complex SAR gets one gain per image so phase stays intact)."""
+
+    weight: float = 0.0
+    temperature: float = 0.2
+    projection_dim: int = 128
+    crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    gain: float = 0.2
+
+    def validate(self) -> None:
+        scale = list(self.crop_scale)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ConfigError(f"objective.views.crop_scale {scale} must be [low, high] with 0 < low <= high <= 1")
+        if not math.isfinite(self.weight) or self.weight < 0 or self.temperature <= 0 or self.projection_dim < 1:
+            raise ConfigError(
+                f"objective.views: weight={self.weight} >= 0, temperature={self.temperature} > 0 and "
+                f"projection_dim={self.projection_dim} >= 1 are required"
+            )
+        if not 0.0 <= self.gain < 1.0:
+            raise ConfigError(f"objective.views.gain={self.gain} must be in [0, 1)")
+
+
+@dataclass
 class ObjectiveConfig:
-    """Per-modality SimMIM reconstruction plus physics-informed targets (``ringmoe.objectives``).
+    """Per-modality SimMIM reconstruction plus physics-informed targets (``ringmoe.objectives``), and optionally
+    a contrast between two views of each image (``views``).
 
     ``modality_weights``: weight of each modality's terms in the total (missing: 1.0, i.e. equal by default).
+    ``reconstruction_weight``: weight of the SimMIM terms (reconstruction and physical targets) against the view
+    contrast. ``normalized_target``: reconstruct each mask block's pixels standardized per channel (MAE's
+    per-patch normalisation) instead of raw values.
     """
 
     modality_weights: dict[str, float] = field(default_factory=dict)
+    reconstruction_weight: float = 1.0
+    normalized_target: bool = False
+    views: ViewContrast = field(default_factory=ViewContrast)
     sar_complex: ComplexSARTargets = field(default_factory=ComplexSARTargets)
     sar_amplitude: SARAmplitudeLoss = field(default_factory=SARAmplitudeLoss)
     multispectral: SpectralTargets = field(default_factory=lambda: SpectralTargets(ndvi=True, ndwi=True))
@@ -256,6 +310,11 @@ class ObjectiveConfig:
         unknown = sorted(set(self.modality_weights) - set(MODALITIES))
         if unknown:
             raise ConfigError(f"objective.modality_weights: unknown modalities {unknown}; known: {list(MODALITIES)}")
+        self.views.validate()
+        if not math.isfinite(self.reconstruction_weight) or self.reconstruction_weight < 0:
+            raise ConfigError(f"objective.reconstruction_weight={self.reconstruction_weight} must be finite and >= 0")
+        if self.reconstruction_weight == 0 and self.views.weight == 0:
+            raise ConfigError("objective.reconstruction_weight and objective.views.weight are both 0: nothing to learn")
         for modality, weight in self.modality_weights.items():
             if not math.isfinite(weight) or weight < 0:
                 raise ConfigError(f"objective.modality_weights.{modality}={weight} must be a finite number >= 0")
@@ -374,6 +433,45 @@ PRUNE_STRATEGIES = ("modality_aware", "global", "random", "to_dense")
 
 
 @dataclass
+class PruneDownstreamConfig:
+    """Downstream retention (``ringmoe.prune.downstream``): a linear probe on each encoder's frozen pooled features,
+    trained on ``label_fraction`` of the set's ``train`` split and scored on ``test``; retention = pruned /
+    unpruned test accuracy, with a ``confidence`` paired bootstrap interval (``bootstrap`` resamplings).
+
+    ``root``: a labelled set with split files (``<root>/splits/{train,val,test}.txt``), relative to the working
+    directory unless absolute; empty: skipped. ``dataset``: its adapter (``ringmoe.eval.datasets.ADAPTERS``);
+    ``sensor``: the sensor its images are read as; ``options``: the adapter's other keyword arguments. The
+    defaults read EuroSAT RGB (JPEGs as the optical modality), so ``prune.downstream.root=<eurosat_rgb>`` is all
+    it takes. ``limit_per_class``: at most this many images per class and split (0: all), for a quick pass.
+    """
+
+    dataset: str = "class_folders"
+    root: str = ""
+    sensor: str = "worldview2_rgb"
+    options: dict[str, Any] = field(default_factory=dict)
+    limit_per_class: int = 0
+    label_fraction: float = 1.0
+    batch_size: int = 64  # images per encoder forward
+    weight_decay: float = 1e-3  # of the probe, as ``eval.weight_decay``
+    bootstrap: int = 1000
+    confidence: float = 0.95
+
+    def validate(self) -> None:
+        if self.limit_per_class < 0 or self.batch_size < 1:
+            raise ConfigError(
+                f"prune.downstream.limit_per_class={self.limit_per_class} must be >= 0 and "
+                f"prune.downstream.batch_size={self.batch_size} >= 1"
+            )
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"prune.downstream.label_fraction={self.label_fraction} must be in (0, 1]")
+        if self.bootstrap < 100 or not 0.0 < self.confidence < 1.0:
+            raise ConfigError(
+                f"prune.downstream.bootstrap={self.bootstrap} must be >= 100 and "
+                f"prune.downstream.confidence={self.confidence} in (0, 1)"
+            )
+
+
+@dataclass
 class PruneConfig:
     """Expert pruning of a consolidated checkpoint (``ringmoe prune``, ``ringmoe.prune``).
 
@@ -385,7 +483,8 @@ class PruneConfig:
     ``budget`` encoder parameters (``"1B"``, ``"800M"``). ``modalities``: the deployment set (empty: every
     modality of the model); the others lose their patch embedding, decoder and modal routers.
     ``merge``: fold each removed expert into the kept expert its tokens are rerouted to, weighted by gate mass,
-    instead of dropping it (``merge_align``: match hidden units first).
+    instead of dropping it (``merge_align``: match hidden units first). ``downstream``: the linear-probe
+    retention check on a labelled set, beside the reconstruction one (``eval_batches``).
     """
 
     strategy: str = "modality_aware"
@@ -407,6 +506,7 @@ class PruneConfig:
     seed: int = 0  # masks of calibration and evaluation, and the ``random`` strategy
     device: str = "cpu"  # calibration and evaluation device, e.g. cuda
     dtype: str = "float32"  # float32 | bfloat16 (calibration and evaluation only; weights keep their dtype)
+    downstream: PruneDownstreamConfig = field(default_factory=PruneDownstreamConfig)
 
     def validate(self) -> None:
         if self.strategy not in PRUNE_STRATEGIES:
@@ -424,6 +524,7 @@ class PruneConfig:
         for key in ("modal_experts", "collab_experts"):
             if any(count < 0 for count in getattr(self, key)):
                 raise ConfigError(f"prune.{key} {getattr(self, key)} has a negative count")
+        self.downstream.validate()
 
 
 @dataclass
@@ -461,6 +562,13 @@ class RunConfig:
                 f"of the objective section {derived}; leave it unset, it is derived from the objective"
             )
         self.model.decoder_extra_channels = derived
+        projection = self.objective.views.projection_dim if self.objective.views.weight > 0 else 0
+        if self.model.projection_dim and self.model.projection_dim != projection:
+            raise ConfigError(
+                f"model.projection_dim {self.model.projection_dim} disagrees with objective.views {projection}; "
+                "leave it unset, it is derived from the objective"
+            )
+        self.model.projection_dim = projection
         ep = self.parallel.expert_parallel_size
         for key in ("modal_experts", "collab_experts"):
             for stage, count in enumerate(getattr(self.model, key)):

@@ -61,7 +61,7 @@ class ModelOutput:
     ``modality_sizes`` order; ``aux_loss``: summed load-balancing loss of all routers (unweighted);
     ``router_stats``: one entry per router per block; ``stage_features``: every stage's output map
     ``(B, C_s, h_s, w_s)``, finest first, the last one ``features`` (multi-scale heads such as segmentation
-    decoders read them).
+    decoders read them); ``projections``: the pretraining model's projection head output for a view contrast.
     """
 
     features: torch.Tensor
@@ -70,6 +70,7 @@ class ModelOutput:
     z_loss: torch.Tensor | None = None  # summed router z-losses (unweighted)
     router_stats: list[RouterStats] = field(default_factory=list)
     stage_features: list[torch.Tensor] = field(default_factory=list)
+    projections: torch.Tensor | None = None  # (B, D) contrastive projections of the pooled features, if any
 
     def split(self) -> dict[str, torch.Tensor]:
         """Features per modality, undoing the batch-axis stacking."""

@@ -1,9 +1,10 @@
 """The streaming loader: endless multi-modal batches whose order is a pure function of data, seed and rank.
 
 Batch ``b`` of a rank holds positions ``[b*B, (b+1)*B)`` of every modality's stream (``B`` =
-``batch_size_per_modality``); each stream mixes its modality's sources by weight (``mixture``), each source
-walks its own shuffled, rank-split epochs (``order``). Every batch holds every modality: the MoE's modality
-routers run on every rank, and expert parallelism needs all ranks in every all-to-all.
+``batch_size_per_modality``, or the modality's entry of ``modality_batch_sizes``); each stream mixes its
+modality's sources by weight (``mixture``), each source walks its own shuffled, rank-split epochs (``order``).
+Every batch holds every modality: the MoE's modality routers run on every rank, and expert parallelism needs
+all ranks in every all-to-all.
 
 Because the order is computed, not replayed, workers only fetch: worker ``w`` of ``W`` makes batches
 ``start + w, start + w + W, ...`` and the in-order DataLoader hands them out as ``start, start + 1, ...``, so
@@ -86,7 +87,10 @@ class ShardStream(IterableDataset):
 
     def identity(self) -> dict[str, Any]:
         """What the sample order depends on beyond the catalog, seed, world size and modalities."""
-        return {"batch_size_per_modality": self.config.batch_size_per_modality}
+        identity: dict[str, Any] = {"batch_size_per_modality": self.config.batch_size_per_modality}
+        if self.config.modality_batch_sizes:
+            identity["modality_batch_sizes"] = dict(self.config.modality_batch_sizes)
+        return identity
 
     def resumed(self, start: int) -> "ShardStream":
         """The same stream starting at batch ``start``."""
@@ -107,9 +111,10 @@ class ShardStream(IterableDataset):
 
     def batch(self, number: int) -> MultiModalBatch:
         """Batch ``number`` of this rank (a pure function of data, config, rank and world size)."""
-        size, tile = self.config.batch_size_per_modality, self.catalog.tile_size
+        tile = self.catalog.tile_size
         images, keys, quarantined = {}, {}, []
         for modality in self.config.modalities:
+            size = self.config.batch_size_of(modality)
             channels = self.catalog.by_modality(modality)[0].channels
             images[modality] = tensor = torch.empty((size, channels, tile, tile), dtype=torch.float32)
             if get_worker_info() is not None:

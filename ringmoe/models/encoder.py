@@ -148,13 +148,22 @@ class RingMoEEncoder(nn.Module):
 
 
 class RingMoESimMIM(nn.Module):
-    """Encoder plus one light SimMIM decoder per modality (1x1 conv + pixel shuffle to input resolution)."""
+    """Encoder plus one light SimMIM decoder per modality (1x1 conv + pixel shuffle to input resolution) and,
+    for the two-view contrast, a projection head on the pooled final features (SimCLR's MLP)."""
 
-    def __init__(self, decoder_extra_channels: dict[str, int] | None = None, **encoder_kwargs: object) -> None:
+    def __init__(
+        self, decoder_extra_channels: dict[str, int] | None = None, projection_dim: int = 0, **encoder_kwargs: object
+    ) -> None:
         """``decoder_extra_channels``: per modality, outputs beyond the input channels (physical targets), which
-        follow the reconstructed channels."""
+        follow the reconstructed channels. ``projection_dim``: the projection head's output width (0: none)."""
         super().__init__()
         self.encoder = RingMoEEncoder(**encoder_kwargs)  # type: ignore[arg-type]
+        width = self.encoder.num_features
+        self.projector = (
+            nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, projection_dim))
+            if projection_dim
+            else None
+        )
         stride = self.encoder.out_stride
         in_chans: dict[str, int] = encoder_kwargs["in_chans"]  # type: ignore[assignment]
         extra = decoder_extra_channels or {}
@@ -174,6 +183,8 @@ class RingMoESimMIM(nn.Module):
         output = self.encoder.forward_features(batch, masks)
         features = output.split()
         reconstructions = {m: self.decoders[m](f) for m, f in features.items()}
+        if self.projector is not None:
+            output.projections = self.projector(output.features.mean(dim=(2, 3)))
         return reconstructions, output
 
 

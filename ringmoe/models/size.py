@@ -38,7 +38,7 @@ class ParameterReport:
 
 def component_of(name: str) -> str:
     parts = name.split(".")
-    if parts[0] == "decoders" or "decoder" in parts[0]:
+    if parts[0] in ("decoders", "projector") or "decoder" in parts[0]:  # pretraining heads
         return "decoders"
     if "patch_embed" in parts:
         return "patch_embed"

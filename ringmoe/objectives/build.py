@@ -5,9 +5,10 @@ from __future__ import annotations
 from ringmoe.config.schema import ModelConfig, ObjectiveConfig
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.sensors import SensorRegistry, load_registry
+from ringmoe.objectives.image_views import ViewAugmentation
 from ringmoe.objectives.sar_amplitude import SARAmplitudeTerms, db_layout
 from ringmoe.objectives.sar_complex import ComplexSARTerms, iq_channel_index
-from ringmoe.objectives.simmim import MaskGenerator, ModalityTerms, SimMIMLoss
+from ringmoe.objectives.simmim import MaskGenerator, ModalityTerms, Reconstruction, SimMIMLoss
 from ringmoe.objectives.spectral import SpectralTerms, index_channels
 
 
@@ -64,4 +65,21 @@ def build_objective(
     if not any(objective.modality_weights.get(m, 1.0) > 0 for m in modalities):
         raise ConfigError(f"objective.modality_weights {dict(objective.modality_weights)} leave every modality at 0")
     masks = MaskGenerator(model.img_size, model.mask_patch_size, model.patch_size, model.mask_ratio)
-    return SimMIMLoss(masks, model.aux_loss_coef, model.router_z_loss_coef, terms, dict(objective.modality_weights))
+    plain = Reconstruction(normalize_block=model.mask_patch_size if objective.normalized_target else 0)
+    return SimMIMLoss(
+        masks,
+        model.aux_loss_coef,
+        model.router_z_loss_coef,
+        terms,
+        dict(objective.modality_weights),
+        objective.reconstruction_weight,
+        plain,
+    )
+
+
+def build_view_augmentation(objective: ObjectiveConfig) -> ViewAugmentation | None:
+    """The two-view contrast's augmentation, or None when ``objective.views`` is off."""
+    views = objective.views
+    if views.weight == 0:
+        return None
+    return ViewAugmentation((views.crop_scale[0], views.crop_scale[1]), views.gain)

@@ -55,15 +55,28 @@ class ModalityTerms(Protocol):
     ) -> dict[str, torch.Tensor]: ...
 
 
+def block_standardized(image: torch.Tensor, block: int) -> torch.Tensor:
+    """``image`` (B, C, H, W) with each ``block`` x ``block`` cell standardized per channel (MAE's normalized
+    pixel target: the decoder predicts texture and contrast, not the cell's mean brightness)."""
+    b, c, h, w = image.shape
+    cells = image.reshape(b, c, h // block, block, w // block, block)
+    mean = cells.mean(dim=(3, 5), keepdim=True)
+    std = cells.var(dim=(3, 5), keepdim=True, unbiased=False).add(1e-6).sqrt()
+    return ((cells - mean) / std).reshape(b, c, h, w)
+
+
 @dataclass
 class Reconstruction:
-    """Plain SimMIM: L1 on the input channels."""
+    """Plain SimMIM: L1 on the input channels; with ``normalize_block`` > 0, on the input standardized in cells
+    of that size."""
 
     extra_channels: int = 0
     target_weight: float = 0.0
+    normalize_block: int = 0
 
     def __call__(self, image: torch.Tensor, prediction: torch.Tensor, pixel_mask: torch.Tensor):
-        return {"reconstruction": masked_l1(prediction[:, : image.shape[1]], image, pixel_mask)}
+        target = block_standardized(image, self.normalize_block) if self.normalize_block else image
+        return {"reconstruction": masked_l1(prediction[:, : image.shape[1]], target, pixel_mask)}
 
 
 @dataclass
@@ -71,9 +84,10 @@ class SimMIMLoss:
     """Weighted mean over modalities of (reconstruction + target_weight x physical targets), plus the weighted
     MoE load-balancing and router z-losses.
 
-    ``terms``: per modality (missing: plain ``Reconstruction``); ``modality_weights``: missing means 1.0, so
-    modalities count equally by default. Metrics: ``loss/<modality>`` (reconstruction),
-    ``loss/<modality>/<target>``, ``loss/reconstruction`` and ``loss/physics`` (weighted means).
+    ``terms``: per modality (missing: ``plain``, a ``Reconstruction``); ``modality_weights``: missing means 1.0,
+    so modalities count equally by default; ``reconstruction_weight`` scales all of it but the router losses.
+    Metrics: ``loss/<modality>`` (reconstruction), ``loss/<modality>/<target>``, ``loss/reconstruction`` and
+    ``loss/physics`` (weighted means).
     """
 
     masks: MaskGenerator
@@ -81,6 +95,8 @@ class SimMIMLoss:
     router_z_loss_coef: float = 0.0
     terms: dict[str, ModalityTerms] = field(default_factory=dict)
     modality_weights: dict[str, float] = field(default_factory=dict)
+    reconstruction_weight: float = 1.0
+    plain: Reconstruction = field(default_factory=Reconstruction)
 
     def __call__(
         self,
@@ -94,7 +110,7 @@ class SimMIMLoss:
         for modality, prediction in reconstructions.items():
             image = batch.images[modality]
             pixel_mask = self.masks.to_pixels(masks[modality]).to(image)
-            modality_terms = self.terms.get(modality, Reconstruction())
+            modality_terms = self.terms.get(modality, self.plain)
             values = modality_terms(image, prediction, pixel_mask)
             weight = self.modality_weights.get(modality, 1.0)
             rec = values.pop("reconstruction")
@@ -108,7 +124,7 @@ class SimMIMLoss:
         norm = max(sum(weights), 1e-12)
         reconstruction_loss = torch.stack(reconstruction).sum() / norm
         physics_loss = torch.stack(physics).sum() / norm
-        total = reconstruction_loss + physics_loss + self.aux_loss_coef * output.aux_loss
+        total = self.reconstruction_weight * (reconstruction_loss + physics_loss) + self.aux_loss_coef * output.aux_loss
         if output.z_loss is not None:
             total = total + self.router_z_loss_coef * output.z_loss
         metrics["loss/reconstruction"] = float(reconstruction_loss.detach())

@@ -20,7 +20,7 @@ _NO_DECAY_HINTS = ("norm", "bias", "logit_scale", "mask_token")
 def deepspeed_config(config: RunConfig, data_parallel_size: int) -> dict:
     """The DeepSpeed JSON, derived from ``RunConfig`` so the two can never disagree."""
     data = config.data
-    micro = data.places_per_batch or data.batch_size_per_modality * len(data.modalities)
+    micro = data.places_per_batch or data.images_per_batch()
     accumulation = config.train.gradient_accumulation_steps
     return {
         "train_micro_batch_size_per_gpu": micro,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MODALITIES
@@ -30,6 +31,20 @@ def test_every_batch_holds_every_modality(demo_shards: Path) -> None:
         for modality, tensor in batch.images.items():
             assert tensor.shape == (3, MODALITY_CHANNELS[modality], 64, 64)
             assert tensor.dtype.is_floating_point and len(batch.keys[modality]) == 3
+
+
+def test_a_modality_batch_size_replaces_the_default_for_that_modality(demo_shards: Path) -> None:
+    """Same stream positions as a run with that size for every modality; the others keep theirs."""
+    mixed = take(config(demo_shards, modality_batch_sizes={"sar_complex": 1}), 2)
+    plain = take(config(demo_shards, batch_size_per_modality=1), 2)
+    for batch, reference in zip(mixed, plain):
+        assert {m: len(k) for m, k in batch.keys.items()} == {m: 1 if m == "sar_complex" else 3 for m in MODALITIES}
+        assert batch.keys["sar_complex"] == reference.keys["sar_complex"]
+        assert torch.equal(batch.images["sar_complex"], reference.images["sar_complex"])
+    narrowed = take(config(demo_shards, modalities=["sar_complex"], modality_batch_sizes={"optical": 2}), 1)[0]
+    assert list(narrowed.keys) == ["sar_complex"] and len(narrowed.keys["sar_complex"]) == 3
+    with pytest.raises(ConfigError, match="modality_batch_sizes .*unknown: \\['radar'\\]"):
+        ShardLoader(config(demo_shards, modality_batch_sizes={"radar": 2}))
 
 
 def test_images_are_the_shard_members(small_shards: Path) -> None:

@@ -21,7 +21,7 @@ from data_pipeline.manifest import sha256_file
 from data_pipeline.verify import verify
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import DataError
-from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, write_geotiff
+from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, read_samples, write_geotiff
 
 SHARD_KEYS = {"path", "index", "index_sha256", "sha256", "bytes", "samples", "kind", "stream", "modality", "sources"}
 
@@ -267,3 +267,20 @@ def test_part_slices_then_resume_equal_the_serial_build(demo_shards, tmp_path):
     assert [(s["path"], s["sha256"]) for s in manifest["shards"]] == [
         (s["path"], s["sha256"]) for s in serial["shards"]
     ]
+
+
+def test_scene_list_keeps_only_the_listed_scenes_and_names_a_missing_one(tmp_path):
+    """A dataset's split file (``class/file`` lines) picks the pretraining scenes out of a glob over all classes."""
+    rng = np.random.default_rng(0)
+    for name in ("forest/f1", "forest/f2", "river/r1", "river/r2"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_geotiff(tmp_path / f"{name}.tif", rng.integers(1, 255, (3, 64, 64), dtype=np.uint8))
+    (tmp_path / "train.txt").write_text("forest/f2.tif\nriver/r1.tif\n")
+    spec = InputSpec("worldview2_rgb", "*/*.tif", scene_list="train.txt")
+    config = BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=64)
+    manifest = build(config, config_dir=tmp_path)
+    assert manifest["samples"] == 2
+    assert sorted(sample["json"]["scene"] for sample in read_samples(tmp_path / "out")) == ["f2", "r1"]
+    (tmp_path / "train.txt").write_text("forest/f2.tif\nriver/r9.tif\n")
+    with pytest.raises(DataError, match=r"1 scenes of scene_list .*train.txt are not matched .*river/r9.tif"):
+        build(config, config_dir=tmp_path)

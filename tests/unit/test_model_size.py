@@ -143,3 +143,24 @@ def test_skysense_paper_scale_config_on_the_meta_device(capsys):
     printed = capsys.readouterr().out
     assert "skysense_2b: 2.081B encoder parameters" in printed and "temporal fusion" in printed
     assert set(model.student.spatial) == {"optical", "multispectral", "sar_amplitude"}
+
+
+def test_the_cpu_recipe_and_its_14b7_config_differ_only_in_scale():
+    """configs/recipes/ringmoe_views_{cpu,14b7}.yaml: one objective; the big one is the paper's model plus the
+    recipe's projection head, built on the meta device."""
+    small = load_config(CONFIGS / "recipes" / "ringmoe_views_cpu.yaml")
+    large = load_config(CONFIGS / "recipes" / "ringmoe_views_14b7.yaml")
+    assert small.objective == large.objective and large.model.projection_dim == small.model.projection_dim > 0
+    paper = load_model_config(CONFIGS / "model" / "ringmoe_14b7.yaml")
+    for key in ("embed_dim", "depths", "num_heads", "window_size", "modal_experts", "collab_experts", "img_size"):
+        assert getattr(large.model, key) == getattr(paper, key), key
+    with torch.device("meta"):
+        model = build_model(large.model)
+    report = parameter_report(model, list(large.model.in_chans))
+    assert abs(report.encoder - 14.7e9) / 14.7e9 < 0.01
+    width = paper.embed_dim * 2 ** (len(paper.depths) - 1)
+    head = sum(p.numel() for p in model.projector.parameters())
+    assert head == width * 2 * width + 2 * width + 2 * width * 128 + 128
+    assert report.by_component["decoders"] == sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith(("decoders.", "projector."))
+    )
