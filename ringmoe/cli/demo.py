@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,16 @@ DEMO_EVAL_COLUMNS = {
     "scene bal.acc": "eo-learn LULC scene (16 px) (linear probe): balanced accuracy",
     "seg mIoU": "eo-learn LULC segmentation (32 px) (linear decoder): mIoU",
     "change F1": "eo-learn NDVI change > 0.1 (32 px) (linear decoder): F1 (changed)",
+}
+# EuroSAT RGB (demo_data/eurosat_rgb, fixed split): test accuracy of each probe trained on all of train, with its
+# bootstrap interval; the rows of the encoders below (the HF exports score exactly as their checkpoints).
+EUROSAT_TASK = "EuroSAT RGB"
+EUROSAT_PROBES = ("linear probe", "kNN")
+EUROSAT_ENCODERS = {
+    "trained": "consolidated consolidated",
+    "pruned": "consolidated pruned",
+    "random init": "random init (tiny, seed 0)",
+    "pixels": "pixel statistics (64 px)",
 }
 
 
@@ -83,9 +94,32 @@ def _prune(out: Path):
     return prune_checkpoint(out / "consolidated", out / "pruned", load_config(RUN_CONFIG, overrides))
 
 
-def _evaluate(out: Path) -> tuple[dict[str, dict[str, float]], float]:
+def _eurosat_rows(results: list) -> dict:
+    """Test accuracy [bootstrap interval] of each EuroSAT probe trained on 100 % of train, per encoder, and its
+    paired differences to the reference encoders (same bootstrap resamples) where the report has them."""
+    pattern = re.compile(rf"{re.escape(EUROSAT_TASK)} \(({'|'.join(EUROSAT_PROBES)}), 100% labels, (\d+) train\)")
+    rows: dict = {"encoders": {}}
+    for row in results:
+        match = pattern.fullmatch(row.task)
+        if match and row.metric == "accuracy":
+            differences = getattr(row, "differences", None) or {}
+            probe = {
+                "accuracy": row.mean,
+                "low": row.low,
+                "high": row.high,
+                "minus": {ref: {"difference": d.score, "low": d.low, "high": d.high} for ref, d in differences.items()},
+            }
+            rows["encoders"].setdefault(row.encoder, {})[match[1]] = probe
+            rows.update(n_train=int(match[2]), n_test=row.n, chance=row.chance)
+    if not rows["encoders"]:
+        raise RingMoEError(f"{EVAL_CONFIG}: no {EUROSAT_TASK!r} accuracy at 100% labels in the eval results")
+    return rows
+
+
+def _evaluate(out: Path) -> tuple[dict[str, dict[str, float]], float, dict]:
     """Frozen-encoder scores on the labelled demo samples for the trained, exported, pruned and reference
-    encoders; returns scores per encoder and the largest score difference between a checkpoint and its export."""
+    encoders; returns scores per encoder, the largest score difference between a checkpoint and its export and
+    the EuroSAT accuracies with their intervals."""
     from ringmoe.config.evaluation import load_eval_config
     from ringmoe.eval.run import evaluate
 
@@ -97,7 +131,7 @@ def _evaluate(out: Path) -> tuple[dict[str, dict[str, float]], float]:
         scores.setdefault(row.encoder, {})[f"{row.task}: {row.metric}"] = row.mean
     pairs = [("consolidated consolidated", "huggingface hf"), ("consolidated pruned", "huggingface hf_pruned")]
     gap = max(abs(scores[a][k] - scores[b][k]) for a, b in pairs for k in scores[a])
-    return scores, gap
+    return scores, gap, _eurosat_rows(report.results)
 
 
 def _modality_losses(metrics_file: Path, window: int = 5) -> dict[str, tuple[float, float]]:
@@ -111,6 +145,35 @@ def _modality_losses(metrics_file: Path, window: int = 5) -> dict[str, tuple[flo
         )
         for name in names
     }
+
+
+def _print_eurosat(eurosat: dict) -> None:
+    """The EuroSAT rows of the summary: accuracy [interval] per encoder and probe, then the trained encoder
+    minus each reference with its paired interval (when the report carries one)."""
+
+    def cell(score: dict | None, key: str, sign: str = "") -> str:
+        return f"{score[key]:{sign}.3f} [{score['low']:{sign}.3f}, {score['high']:{sign}.3f}]" if score else "n/a"
+
+    print(
+        f"  {EUROSAT_TASK} (10 classes; fixed split, {eurosat['n_train']} train / {eurosat['n_test']} test images): "
+        f"test accuracy [95% bootstrap interval], chance {eurosat['chance']:.3f}"
+    )
+    print(f"    {'encoder':<34}" + "".join(f"{probe:>26}" for probe in EUROSAT_PROBES))
+    for label, encoder in EUROSAT_ENCODERS.items():
+        probes = eurosat["encoders"].get(encoder, {})
+        cells = [cell(probes.get(probe), "accuracy") for probe in EUROSAT_PROBES]
+        print(f"    {EUROSAT_TASK + ' ' + label:<34}" + "".join(f"{c:>26}" for c in cells))
+    trained = eurosat["encoders"].get(EUROSAT_ENCODERS["trained"], {})
+    lines = []
+    for label in ("random init", "pixels"):
+        reference = EUROSAT_ENCODERS[label]
+        differences = [trained.get(probe, {}).get("minus", {}).get(reference) for probe in EUROSAT_PROBES]
+        if any(differences):
+            cells = [cell(d, "difference", "+") for d in differences]
+            lines.append(f"    {EUROSAT_TASK + ' trained - ' + label:<34}" + "".join(f"{c:>26}" for c in cells))
+    if lines:
+        print("\n".join(lines))
+        print("    (trained - X: accuracy difference on the same test images, with its paired bootstrap interval)")
 
 
 def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
@@ -138,7 +201,7 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
     with _stage(
         "eval: frozen-encoder probes on labelled real samples (trained, HF, pruned, random init, pixels)", timings
     ):
-        scores, score_gap = _evaluate(out)
+        scores, score_gap, eurosat = _evaluate(out)
     parameters = pruned.plan.to_dict()["encoder_parameters"]
     summary = {
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -151,6 +214,7 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
         "prune_retention": pruned.retention,
         "eval_scores": scores,
         "eval_hf_vs_checkpoint_max_score_diff": score_gap,
+        "eval_eurosat": eurosat,
         "paths": {
             "shards": str(out / "shards"),
             "checkpoint": str(checkpoint),
@@ -182,6 +246,7 @@ def run_demo(out: Path, steps: int = 20, nproc: int = 2) -> dict:
             + "".join(f"{rows.get(key, float('nan')):>15.3f}" for key in DEMO_EVAL_COLUMNS.values())
         )
     print(f"    HF export vs checkpoint scores: max |diff| = {score_gap:.1e}")
+    _print_eurosat(eurosat)
     for name, path in summary["paths"].items():
         print(f"  {name:>12}: {path}")
     if score_gap != 0.0:

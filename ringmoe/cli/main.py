@@ -184,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("output", help="output directory: pruned consolidated checkpoint, report, plan, config")
     prune.add_argument("--config", required=True, help="run YAML: data (calibration), objective, prune section")
     prune.add_argument("--report", help="routing_report.json of an earlier calibration instead of calibrating")
-    prune.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prune.strategy=global prune.budget=1B")
+    prune.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides, e.g. prune.strategy=global prune.budget=1B; prune.downstream.root=<EuroSAT RGB "
+        "folder> adds the linear-probe retention",
+    )
     prune.set_defaults(func=_prune)
 
     export = commands.add_parser("export", help="consolidated checkpoint -> HuggingFace directory")

@@ -3,6 +3,8 @@ a reference predictor (majority class, label frequency, "all changed") through t
 level. The encoder is never trained: probes and decoders fit on its features only.
 
 - ``scene``: linear probe (logistic regression) and weighted kNN on pooled features; accuracy, balanced accuracy.
+  On a set with split files, optionally also a short end-to-end fine-tune (``EvalConfig.finetune``), the one place
+  where a copy of the encoder is trained.
 - ``multilabel``: per-class sigmoid probe on pooled features; macro mAP and sample-averaged mAP.
 - ``segmentation``: linear decoder (per-pixel logistic regression) on every stage's map upsampled to the label
   grid and concatenated; mIoU and pixel accuracy.
@@ -21,7 +23,8 @@ from ringmoe.config.evaluation import EvalConfig
 from ringmoe.core.errors import DataError
 from ringmoe.eval.datasets import IGNORE, LabelledSet
 from ringmoe.eval.datasets.common import SPLITS
-from ringmoe.eval.features import FrozenEncoder, dense_features, pooled_features
+from ringmoe.eval.features import EncoderUnavailable, FrozenEncoder, dense_features, pooled_features
+from ringmoe.eval.finetune import finetune_predict
 from ringmoe.eval.metrics import (
     accuracy,
     balanced_accuracy,
@@ -32,10 +35,21 @@ from ringmoe.eval.metrics import (
     nanmean,
 )
 from ringmoe.eval.probe import CrossValidation, group_folds, knn_scores, linear_probe, out_of_fold
-from ringmoe.eval.protocol import bootstrap_interval, label_fraction
+from ringmoe.eval.protocol import bootstrap_interval, label_fraction, paired_bootstrap_interval
 from ringmoe.eval.report import Result
 
 Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Score = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+@dataclass
+class SplitPredictions:
+    """What a fixed-split task predicted for each test image, per row (``Result.task``), kept so that two
+    encoders' scores can be compared on the same bootstrap resamples (``paired_differences``)."""
+
+    target: torch.Tensor  # (n_test,) true classes
+    metrics: dict[str, Score]  # Result.metric -> score(predicted, target)
+    predicted: dict[str, torch.Tensor] = field(default_factory=dict)  # Result.task -> (n_test,) classes
 
 
 @dataclass
@@ -46,6 +60,8 @@ class TaskOutcome:
     confusion: Optional[torch.Tensor] = None  # out-of-fold [true, predicted] counts of the main predictor
     pooled: Optional[torch.Tensor] = None  # (N, C) for the embedding plots
     colour: list[str] = field(default_factory=list)  # label name per pooled sample
+    test: Optional[SplitPredictions] = None  # on a fixed split
+    notes: list[str] = field(default_factory=list)  # rows left out and why, for the report
 
 
 def _folds(data: LabelledSet, settings: EvalConfig) -> list[torch.Tensor]:
@@ -67,7 +83,7 @@ def _result(task: str, encoder: FrozenEncoder, metric: str, scores: CrossValidat
     return Result(task, encoder.name, metric, scores.mean, scores.std, n, len(scores.scores), chance.mean)
 
 
-def _per_fold(predictions, labels, score: Callable[[torch.Tensor, torch.Tensor], float]) -> CrossValidation:
+def _per_fold(predictions, labels, score: Score) -> CrossValidation:
     return CrossValidation([score(predicted, labels[test]) for test, predicted in predictions])
 
 
@@ -84,7 +100,7 @@ def _scene_predictors(classes: int, settings: EvalConfig) -> dict[str, Predict]:
     }
 
 
-def _scene_metrics(classes: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], float]]:
+def _scene_metrics(classes: int) -> dict[str, Score]:
     return {
         "accuracy": lambda p, t: accuracy(confusion_matrix(p, t, classes)),
         "balanced accuracy": lambda p, t: balanced_accuracy(confusion_matrix(p, t, classes)),
@@ -121,45 +137,83 @@ def scene_classification(encoder: FrozenEncoder, data: LabelledSet, settings: Ev
 
 def scene_classification_on_splits(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:
     """Probes fit on each label fraction of ``train`` and score ``test``, with bootstrap intervals; the chance
-    level is the majority class of the same training subset."""
+    level is the majority class of the same training subset. With ``settings.finetune`` on for this set, a
+    fine-tuned copy of the encoder is scored the same way (row "fine-tune")."""
     features, labels, classes = _pooled(encoder, data, settings), data.labels, len(data.class_names)
     train_all = torch.nonzero(data.split == SPLITS.index("train")).flatten()
     test = torch.nonzero(data.split == SPLITS.index("test")).flatten()
     if not len(train_all) or not len(test):
         raise DataError(f"{data.name}: a fixed split needs train and test samples (got {len(train_all)}, {len(test)})")
-    results, per_class, confusion = [], {}, None
+    predictions = SplitPredictions(labels[test], _scene_metrics(classes))
+    results, per_class, confusion, notes = [], {}, None, []
+
+    def score(name: str, fraction: float, train: torch.Tensor, predicted: torch.Tensor) -> None:
+        task = f"{data.name} ({name}, {fraction * 100:g}% labels, {len(train)} train)"
+        predictions.predicted[task] = predicted
+        majority = labels[train].mode().values.expand(len(test))
+        for metric, metric_score in predictions.metrics.items():
+            interval = bootstrap_interval(
+                predicted, labels[test], metric_score, settings.bootstrap, settings.confidence, settings.seed
+            )
+            chance = metric_score(majority, labels[test])
+            results.append(
+                Result(
+                    task,
+                    encoder.name,
+                    metric,
+                    interval.score,
+                    interval.std,
+                    len(test),
+                    folds=0,
+                    chance=chance,
+                    low=interval.low,
+                    high=interval.high,
+                )
+            )
+
     for fraction in settings.label_fractions:
         train = label_fraction(labels, train_all, fraction, settings.seed)
-        share = f"{fraction * 100:g}% labels"
-        majority = labels[train].mode().values.expand(len(test))
         for name, predict in _scene_predictors(classes, settings).items():
             predicted = predict(features[train], labels[train], features[test])
-            for metric, score in _scene_metrics(classes).items():
-                interval = bootstrap_interval(
-                    predicted, labels[test], score, settings.bootstrap, settings.confidence, settings.seed
-                )
-                task = f"{data.name} ({name}, {share}, {len(train)} train)"
-                chance = score(majority, labels[test])
-                results.append(
-                    Result(
-                        task,
-                        encoder.name,
-                        metric,
-                        interval.score,
-                        interval.std,
-                        len(test),
-                        folds=0,
-                        chance=chance,
-                        low=interval.low,
-                        high=interval.high,
-                    )
-                )
+            score(name, fraction, train, predicted)
             if fraction == max(settings.label_fractions):
                 test_confusion = confusion_matrix(predicted, labels[test], classes)
                 per_class[f"F1 ({name})"] = f1_per_class(test_confusion).tolist()
                 confusion = test_confusion if confusion is None else confusion
+    if settings.finetune.applies_to(data.name):
+        for fraction in settings.finetune.label_fractions:
+            train = label_fraction(labels, train_all, fraction, settings.seed)
+            try:
+                predicted = finetune_predict(
+                    encoder, data.images, data.modality, labels, train, test, classes, settings.finetune,
+                    settings.seed, settings.batch_size,
+                )  # fmt: skip
+            except EncoderUnavailable as exc:
+                notes.append(f"{data.name}: no fine-tune row for {encoder.name}: {exc}")
+                break
+            score("fine-tune", fraction, train, predicted)
     colour = [data.class_names[int(c)] for c in labels]
-    return TaskOutcome(results, data.class_names, per_class, confusion, features, colour)
+    return TaskOutcome(results, data.class_names, per_class, confusion, features, colour, predictions, notes)
+
+
+def paired_differences(
+    results: list[Result], test: SplitPredictions, reference: SplitPredictions, name: str, settings: EvalConfig
+) -> None:
+    """Add to every row of ``results`` that the reference encoder also has (same task on the same test images)
+    its score minus the reference's, with a paired bootstrap interval, under ``Result.differences[name]``."""
+    if not torch.equal(test.target, reference.target):
+        raise ValueError(f"paired differences to {name}: the two encoders were scored on different test images")
+    for row in results:
+        if row.task in test.predicted and row.task in reference.predicted:
+            row.differences[name] = paired_bootstrap_interval(
+                test.predicted[row.task],
+                reference.predicted[row.task],
+                test.target,
+                test.metrics[row.metric],
+                settings.bootstrap,
+                settings.confidence,
+                settings.seed,
+            )
 
 
 def multilabel_classification(encoder: FrozenEncoder, data: LabelledSet, settings: EvalConfig) -> TaskOutcome:

@@ -5,7 +5,8 @@ and a further ``ringmoe prune`` take it), plus what explains it:
 
 - ``routing_report.json`` and ``routing_heatmap_<modality>.png``: the measured routing;
 - ``prune_plan.json``: per router, the experts kept, removed or merged, their scores and why;
-- ``retention.json``: held-out losses of both models and their ratios;
+- ``retention.json``: held-out losses of both models and their ratios, and the downstream (linear-probe) retention
+  when ``prune.downstream.root`` names a labelled set;
 - ``config.yaml``: the run config that fine-tunes the pruned model (``train.init_from`` points here);
 - ``PRUNE.md``: the same, for people.
 """
@@ -29,6 +30,7 @@ from ringmoe.data.loader import build_loader
 from ringmoe.objectives.build import build_objective
 from ringmoe.prune.apply import apply_plan
 from ringmoe.prune.calibrate import RoutingReport, calibrate
+from ringmoe.prune.downstream import DownstreamRetention, downstream_retention, load_labelled_set
 from ringmoe.prune.plan import PrunePlan, make_plan
 from ringmoe.prune.rescale import fit_output_scales
 from ringmoe.prune.retention import reconstruction_losses, restrict, retention
@@ -47,6 +49,7 @@ class PruneResult:
     report: RoutingReport
     losses: dict[str, dict[str, float]]  # "unpruned" / "pruned" -> loss name -> value (empty: not evaluated)
     retention: dict[str, float]
+    downstream: DownstreamRetention | None = None  # None: prune.downstream.root is empty
 
 
 def _source_run_config(config: RunConfig, consolidated: Path) -> RunConfig:
@@ -77,6 +80,8 @@ def prune_checkpoint(
     run = _source_run_config(config, consolidated)
     prune = run.prune
     device, dtype = torch.device(prune.device), getattr(torch, prune.dtype)
+    # Read first: a wrong root or option fails before the calibration, not after it.
+    labelled = load_labelled_set(prune.downstream) if prune.downstream.root else None
     objective = build_objective(run.objective, run.model)
     needs_model = report_path is None or prune.eval_batches or prune.rescale
     batches = _batches(run) if needs_model else iter(())  # a given report and nothing to fit: no data read
@@ -93,6 +98,11 @@ def prune_checkpoint(
         generator.manual_seed(prune.seed)
         report = calibrate(model, calibration, masks_for, device, dtype, total=len(calibration))
     plan = make_plan(report, run.model, prune)
+    if labelled is not None and labelled.modality not in plan.modalities:
+        raise ConfigError(
+            f"prune.downstream: {labelled.name} is {labelled.modality} imagery, which the pruned model does not "
+            f"take (deployment modalities {plan.modalities}); use a labelled set of one of them"
+        )
     if prune.merge and prune.merge_align:
         widest = int(max(run.model.embed_dim * 2**s for s in range(len(run.model.depths))) * run.model.mlp_ratio)
         if widest > 8192:
@@ -110,16 +120,21 @@ def prune_checkpoint(
     apply_plan(plan, consolidated, out_dir)
     losses: dict[str, dict[str, float]] = {}
     kept: dict[str, float] = {}
-    if prune.eval_batches:
-        held_out = [next(batches) for _ in range(prune.eval_batches)]
-        deployed = plan.modalities
+    held_out = [next(batches) for _ in range(prune.eval_batches)]
+    deployed = plan.modalities
+    if held_out:
         losses["unpruned"] = reconstruction_losses(model, objective, held_out, deployed, prune.seed, device, dtype)
-        del model
+    del model  # one model in memory at a time from here on
+    if held_out:
         pruned_model = load_consolidated_model(out_dir)[0].to(device, dtype)
         losses["pruned"] = reconstruction_losses(pruned_model, objective, held_out, deployed, prune.seed, device, dtype)
         kept = retention(losses["unpruned"], losses["pruned"])
-    _write_outputs(out_dir, run, plan, report, losses, kept)
-    return PruneResult(out_dir, plan, report, losses, kept)
+        del pruned_model
+    downstream = None
+    if labelled is not None:
+        downstream = downstream_retention(consolidated, out_dir, labelled, prune.downstream, prune.seed, device, dtype)
+    _write_outputs(out_dir, run, plan, report, losses, kept, downstream)
+    return PruneResult(out_dir, plan, report, losses, kept, downstream)
 
 
 def _read_report(path: Path) -> RoutingReport:
@@ -176,19 +191,25 @@ def _write_outputs(
     report: RoutingReport,
     losses: dict[str, dict[str, float]],
     kept: dict[str, float],
+    downstream: DownstreamRetention | None,
 ) -> None:
     atomic_write_json(out_dir / REPORT_NAME, report.to_dict())
     for modality, png in _heatmaps(report).items():
         atomic_write_bytes(out_dir / f"routing_heatmap_{modality}.png", png)
     plan_dict = plan.to_dict()
     atomic_write_json(out_dir / PLAN_NAME, plan_dict)
-    if losses:
-        atomic_write_json(out_dir / RETENTION_NAME, {"losses": losses, "retention": kept})
+    if losses or downstream is not None:
+        measured = {"losses": losses, "retention": kept}
+        if downstream is not None:
+            measured["downstream"] = downstream.to_dict()
+        atomic_write_json(out_dir / RETENTION_NAME, measured)
     atomic_write_text(out_dir / "config.yaml", to_yaml(fine_tune_config(run, plan, out_dir)))
-    atomic_write_text(out_dir / "PRUNE.md", _summary(plan_dict, report, losses, kept))
+    atomic_write_text(out_dir / "PRUNE.md", _summary(plan_dict, report, losses, kept, downstream))
 
 
-def _summary(plan: dict, report: RoutingReport, losses: dict, kept: dict) -> str:
+def _summary(
+    plan: dict, report: RoutingReport, losses: dict, kept: dict, downstream: DownstreamRetention | None
+) -> str:
     params = plan["encoder_parameters"]
     source, pruned = plan["source_model"], plan["pruned_model"]
     lines = [
@@ -208,6 +229,16 @@ def _summary(plan: dict, report: RoutingReport, losses: dict, kept: dict) -> str
             ratio = f"{kept[key]:.3f}" if key in kept else "n/a"
             lines.append(f"| {key} | {losses['unpruned'][key]:.4f} | {value:.4f} | {ratio} |")
         lines.append("")
+    if downstream is not None:
+        d = downstream
+        lines += [
+            f"| downstream: linear-probe test accuracy | unpruned | pruned | retention [{d.confidence:.0%} paired "
+            "bootstrap] |",
+            "|---|---|---|---|",
+            f"| {d.task} ({d.modality}): {d.train_images} train, {d.test_images} test images | "
+            f"{d.unpruned_accuracy:.4f} | {d.pruned_accuracy:.4f} | {d.retention:.3f} [{d.low:.3f}, {d.high:.3f}] |",
+            "",
+        ]
     lines += ["| router | decision |", "|---|---|"]
     lines += [f"| {r['name']} | {r['reason']} |" for r in plan["routers"]]
     return "\n".join(lines) + "\n"

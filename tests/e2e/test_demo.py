@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -192,7 +193,9 @@ def test_demo_scores_trained_pruned_and_reference_encoders(demo: tuple[Path, str
         "consolidated consolidated", "huggingface hf", "consolidated pruned", "huggingface hf_pruned",
         "random init (tiny, seed 0)", "pixel statistics (64 px)",
     }  # fmt: skip
-    assert all(r["n"] > 0 and r["folds"] == 3 and r["std"] >= 0 for r in rows)
+    # Cross-validated sets: 3 folds; the EuroSAT subset: its fixed test split (folds 0, a bootstrap interval).
+    assert all(r["n"] > 0 and r["folds"] == (0 if r["task"].startswith("EuroSAT") else 3) for r in rows)
+    assert all(r["std"] >= 0 for r in rows)
 
     def scores(encoder: str) -> list[tuple]:
         return [(r["task"], r["metric"], r["mean"], r["std"]) for r in rows if r["encoder"] == encoder]
@@ -201,4 +204,35 @@ def test_demo_scores_trained_pruned_and_reference_encoders(demo: tuple[Path, str
     assert scores("consolidated pruned") == scores("huggingface hf_pruned")
     assert scores("consolidated consolidated") != scores("consolidated pruned")
     assert "HF export vs checkpoint scores: max |diff| = 0.0e+00" in stdout
-    assert (out / "eval" / "plots" / "consolidated_pruned" / "sensors_tsne.png").is_file()
+    assert (out / "eval" / "plots" / "consolidated_pruned" / "sensors_pca.png").is_file()  # t-SNE off in demo.yaml
+
+
+def test_demo_scores_eurosat_on_its_fixed_split(demo: tuple[Path, str]) -> None:
+    """Linear probe and kNN on the in-repo EuroSAT subset: every encoder scored on the 200 test images with a
+    bootstrap interval, chance 0.1 for 10 balanced classes; no claim about which encoder scores higher."""
+    out, stdout = demo
+    rows = json.loads((out / "eval" / "results.json").read_text())["results"]
+    encoders = {r["encoder"] for r in rows}
+    eurosat = [r for r in rows if r["task"].startswith("EuroSAT RGB (") and r["metric"] == "accuracy"]
+    for probe in ("linear probe", "kNN"):
+        task = f"EuroSAT RGB ({probe}, 100% labels, 200 train)"
+        scored = [r for r in eurosat if r["task"] == task]
+        assert {r["encoder"] for r in scored} == encoders, task
+        for r in scored:
+            assert r["n"] == 200 and r["folds"] == 0 and r["chance"] == pytest.approx(0.1)
+            assert 0.0 <= r["mean"] <= 1.0 and 0.0 <= r["low"] <= r["high"] <= 1.0, r
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("  EuroSAT RGB (10 classes"))
+    assert "200 train / 200 test images" in lines[header] and "chance 0.100" in lines[header]
+    table = lines[header + 2 : header + 6]
+    for label, line in zip(("trained", "pruned", "random init", "pixels"), table, strict=True):
+        assert line.startswith(f"    EuroSAT RGB {label} "), table
+        intervals = re.findall(r"(\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]", line)
+        assert len(intervals) == 2, line  # linear probe, kNN
+        for score, low, high in intervals:
+            assert 0.0 <= float(score) <= 1.0 and 0.0 <= float(low) <= float(high) <= 1.0, line
+    # trained minus random init / pixels, paired intervals (printed when the report carries them): any sign.
+    for line in lines[header + 6 : header + 8]:
+        if line.startswith("    EuroSAT RGB trained - "):
+            intervals = re.findall(r"([+-]\d\.\d{3}) \[([+-]\d\.\d{3}), ([+-]\d\.\d{3})\]", line)
+            assert len(intervals) == 2 and all(-1.0 <= float(v) <= 1.0 for i in intervals for v in i), line

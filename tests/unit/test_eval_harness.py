@@ -152,7 +152,10 @@ def test_tasks_beat_chance_where_the_data_allow_and_repeat_exactly(tmp_path):
     again = run_eval(tmp_path / "b", ["pixels"], "plots=false")
     assert [r.__dict__ for r in first.results] == [r.__dict__ for r in again.results]
     rows = {(r.task, r.metric): r for r in first.results}
-    assert len(rows) == 12 and all(r.folds == 3 and r.std >= 0 for r in rows.values())
+    # 12 cross-validated rows of the pack's sets, 4 fixed-split rows of the demo's EuroSAT subset
+    assert len(rows) == 16 and all(r.std >= 0 for r in rows.values())
+    assert sorted(r.folds for r in rows.values()) == [0] * 4 + [3] * 12
+    assert all(r.folds == 0 for (task, _), r in rows.items() if task.startswith("EuroSAT"))
     beat = {
         ("eo-learn LULC scene (16 px) (linear probe)", "balanced accuracy"),
         ("eo-learn LULC segmentation (32 px) (linear decoder)", "mIoU"),
@@ -184,7 +187,7 @@ def test_hf_export_consolidated_and_checkpoint_score_identically(three_sources):
     for r in report.results:
         by_encoder.setdefault(r.encoder, []).append((r.task, r.metric, r.mean, r.std, r.chance, r.n))
     names = ["checkpoint global_step1", "consolidated consolidated", "huggingface hf"]
-    assert len(by_encoder[names[0]]) == 12
+    assert len(by_encoder[names[0]]) == 16
     assert by_encoder[names[0]] == by_encoder[names[1]] == by_encoder[names[2]]
     assert by_encoder[names[0]] != by_encoder["random init (tiny, seed 0)"]  # other weights, other scores
 

@@ -1,5 +1,5 @@
-"""The fixed-split protocol: split files, label fractions, bootstrap intervals, and the harness's probes against
-scikit-learn on identical features."""
+"""The fixed-split protocol: split files, label fractions, bootstrap intervals, paired differences between
+encoders, and the harness's probes against scikit-learn on identical features."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ringmoe.config.evaluation import EvalConfig
-from ringmoe.core.errors import DataError
+from ringmoe.config.evaluation import EvalConfig, EvalTaskConfig
+from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.eval.datasets import ADAPTERS
 from ringmoe.eval.metrics import accuracy, confusion_matrix
 from ringmoe.eval.probe import knn_scores, linear_probe
-from ringmoe.eval.protocol import bootstrap_interval, label_fraction
+from ringmoe.eval.protocol import bootstrap_interval, label_fraction, paired_bootstrap_interval
 from ringmoe.eval.report import write_results
 from ringmoe.eval.tasks import scene_classification
 
@@ -40,6 +40,13 @@ def write_splits(root: Path, splits: dict[str, list[str]]) -> None:
     (root / "splits").mkdir(exist_ok=True)
     for split, keys in splits.items():
         (root / "splits" / f"{split}.txt").write_text("".join(f"{k}\n" for k in keys))
+
+
+def write_split_set(root: Path) -> None:
+    """12 dark and 12 bright scenes split 8 / 1 / 3 per class into train / val / test."""
+    keys = write_class_folders(root, per_class=12)
+    forest, sea = keys[:12], keys[12:]
+    write_splits(root, {"train": forest[:8] + sea[:8], "val": forest[8:9] + sea[8:9], "test": forest[9:] + sea[9:]})
 
 
 def test_split_files_mark_each_scene_and_splits_is_not_a_class(tmp_path: Path) -> None:
@@ -97,6 +104,63 @@ def test_bootstrap_interval_matches_the_binomial_one() -> None:
     assert interval.low == pytest.approx(p - half, abs=0.2 * half)
     assert interval.high == pytest.approx(p + half, abs=0.2 * half)
     assert interval == bootstrap_interval(predicted, target, score, resamples=2000, seed=0)  # seeded
+
+
+def test_paired_interval_is_that_of_the_difference() -> None:
+    """A is right on every image B gets right plus k more: the difference is exactly k / n, and its paired
+    interval (both scored on each resample) is narrower than either encoder's own interval, let alone the
+    interval of a difference of two independent estimates."""
+    n, k = 1000, 50
+    target = torch.zeros(n, dtype=torch.long)
+    b = torch.where(torch.arange(n) < 700, 0, 1)  # right on 700
+    a = torch.where(torch.arange(n) < 700 + k, 0, 1)  # right on the same 700 and k more
+
+    def score(pred, true):
+        return accuracy(confusion_matrix(pred, true, 2))
+
+    difference = paired_bootstrap_interval(a, b, target, score, resamples=1000, seed=0)
+    assert difference.score == pytest.approx(k / n)
+    assert difference.low <= k / n <= difference.high and difference.low > 0  # A is better on every resample
+    widths = [i.high - i.low for i in (bootstrap_interval(p, target, score, 1000, seed=0) for p in (a, b))]
+    assert difference.high - difference.low < min(widths)
+    assert difference.high - difference.low < 0.5 * math.hypot(*widths)
+    same = paired_bootstrap_interval(a, a.clone(), target, score, resamples=200, seed=0)
+    assert (same.score, same.low, same.high, same.std) == (0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="one prediction per test image"):
+        paired_bootstrap_interval(a[:10], b, target, score)
+
+
+def test_reports_carry_paired_differences_to_the_reference_encoders(tmp_path: Path) -> None:
+    from ringmoe.eval.run import evaluate
+
+    write_split_set(tmp_path / "data")
+    task = EvalTaskConfig("class_folders", str(tmp_path / "data"), "scenes", {"sensor": "worldview2_rgb"})
+    config = EvalConfig(
+        encoders=["pixels:8", "pixels:16"], tasks=[task], references=["pixels:16"], knn_k=3, bootstrap=200,
+        plots=False, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    config.validate()
+    report = evaluate(config, tmp_path)
+    assert report.encoders == {"pixels:8": "pixel statistics (8 px)", "pixels:16": "pixel statistics (16 px)"}
+    reference = "pixel statistics (16 px)"
+    rows = {(r.encoder, r.task, r.metric): r for r in report.results}
+    for (encoder, task_name, metric), row in rows.items():
+        if encoder == reference:
+            assert row.differences == {}  # never compared with itself
+            continue
+        difference = row.differences[reference]
+        assert difference.score == pytest.approx(row.mean - rows[(reference, task_name, metric)].mean)
+        assert difference.low <= difference.score <= difference.high
+    table = report.table()
+    assert f"| Δ {reference} |" in table and "paired bootstrap interval" in table
+    assert "| +0.000 [+0.000, +0.000] |" in table  # both are perfect on dark vs bright
+
+    assert EvalConfig(encoders=["a", "random:x@1", "pixels:8", "random:y", "pixels"]).reference_sources() == [
+        "random:x@1",
+        "pixels:8",
+    ]
+    with pytest.raises(ConfigError, match=r"eval.references \['pixels'\] are not in eval.encoders"):
+        EvalConfig(encoders=["pixels:8"], tasks=[task], references=["pixels"]).validate()
 
 
 def test_scene_task_on_splits_reports_test_scores_with_intervals(tmp_path: Path) -> None:
