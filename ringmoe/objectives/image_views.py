@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 # The dihedral group of the square: 4 rotations, each with and without a flip, as 2x2 matrices.
@@ -56,11 +57,39 @@ class ViewAugmentation:
         return view.to(images.dtype)
 
 
-def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's loss: row i of ``first`` (N, D) is positive with row i of ``second``; the other 2N - 2 rows of
-    both are its negatives; symmetric over the two views."""
-    z = F.normalize(torch.cat([first, second]).float(), dim=1)
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows of a tensor, concatenated in rank order, differentiable: each rank's rows get the gradient
+    every rank's loss sends them (an all-reduce of the full gradient, then this rank's slice)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), len(tensor)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, tensor.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
+
+
+def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float, group=None) -> torch.Tensor:
+    """SimCLR's loss: row i of ``first`` (N, D) is positive with row i of ``second``; the other rows of both are
+    its negatives; symmetric over the two views. With a process ``group`` of data-parallel ranks (each holding
+    as many rows), the negatives are every rank's rows, as in SimCLR's global batch."""
     n = len(first)
-    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -torch.inf)
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
+    dtype = torch.promote_types(first.dtype, torch.float32)  # bf16 projections: the softmax in fp32
+    queries = F.normalize(torch.cat([first, second]).to(dtype), dim=1)
+    keys, offset = queries, 0
+    if group is not None and dist.get_world_size(group) > 1:
+        keys = torch.cat([_GatherRows.apply(first, group), _GatherRows.apply(second, group)])
+        keys, offset = F.normalize(keys.to(dtype), dim=1), dist.get_rank(group) * n
+    total = len(keys) // 2
+    own = torch.arange(n, device=queries.device) + offset
+    self_column = torch.cat([own, own + total])
+    logits = (queries @ keys.T / temperature).masked_fill(
+        torch.nn.functional.one_hot(self_column, 2 * total).bool(), -torch.inf
+    )
+    return F.cross_entropy(logits, torch.cat([own + total, own]))

@@ -26,6 +26,10 @@ class Topology:
     data_rank: int
     mpu: Any = None  # megatron_mpu.MegatronMPU when tp > 1; None lets DeepSpeed build plain expert/data groups
 
+    def data_parallel_group(self):
+        """The process group of this rank's data-parallel peers (ranks that see different samples)."""
+        return self.mpu.get_data_parallel_group() if self.mpu is not None else dist.group.WORLD
+
 
 def check_layout(world_size: int, tensor_parallel: int, expert_parallel: int) -> None:
     if tensor_parallel < 1 or world_size % tensor_parallel:

@@ -129,7 +129,7 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
     tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
     if config.model.recipe == "ringmoe":
-        recipe = RingMoEStep(objective, mask_rng, config, engine.device, dtype)
+        recipe = RingMoEStep(objective, mask_rng, config, engine.device, dtype, topology.data_parallel_group())
     else:
         recipe = SkySenseStep(mask_rng, config, engine.device, dtype)
     micro = _MicroBatches(engine, recipe, batches, config)

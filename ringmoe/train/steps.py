@@ -25,8 +25,13 @@ from ringmoe.objectives.views import augmented_view
 
 
 class RingMoEStep:
-    def __init__(self, objective, generator: torch.Generator, config: RunConfig, device, dtype) -> None:
+    def __init__(
+        self, objective, generator: torch.Generator, config: RunConfig, device, dtype, data_group=None
+    ) -> None:
+        """``data_group``: the data-parallel ranks, whose images are the view contrast's negatives (None: this
+        process's images only)."""
         self.objective, self.generator = objective, generator
+        self.data_group = data_group
         self.img_size = config.model.img_size
         self.views = config.objective.views
         self.augment = build_view_augmentation(config.objective)
@@ -66,7 +71,12 @@ class RingMoEStep:
         for modality, projections in zip(
             output.modality_sizes, output.projections.split(list(output.modality_sizes.values()))
         ):
-            value = nt_xent(projections[: halves[modality]], projections[halves[modality] :], self.views.temperature)
+            value = nt_xent(
+                projections[: halves[modality]],
+                projections[halves[modality] :],
+                self.views.temperature,
+                self.data_group,
+            )
             metrics[f"loss/views/{modality}"] = float(value.detach())
             contrast.append(value)
         contrast_loss = torch.stack(contrast).mean()
