@@ -187,3 +187,19 @@ def test_tensor_parallel_run_resumes_bitwise(demo_shards: Path, tmp_path: Path) 
     resumed = _run(_command(demo_shards, again, "train.save_every=3", *tp, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _losses(again) == reference[3:]
+
+
+def test_view_contrast_run_resumes_bitwise(demo_shards: Path, tmp_path: Path) -> None:
+    """The recipe's two views are drawn from the saved generator and contrasted across both ranks: a run stopped
+    at step 2 and resumed logs the losses of the run that went straight to step 4."""
+    views = ("objective.views.weight=1", "objective.views.projection_dim=16", "train.steps=4")
+    full = _run(_command(demo_shards, tmp_path / "full", *views))
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
+    first = _run(_command(demo_shards, tmp_path / "split", *views[:2], "train.steps=2"))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    resumed = _run(_command(demo_shards, tmp_path / "split", *views, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    reference = _losses(tmp_path / "full")
+    assert len(reference) == 4 and _losses(tmp_path / "split") == reference  # bitwise
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["loss/views"] > 0 for row in rows)
