@@ -196,7 +196,7 @@ def test_plots_are_valid_non_empty_pngs(three_sources):
     from PIL import Image
 
     root, _ = three_sources
-    report = run_eval(root / "plots_run", ["pixels", f"random:{TINY}"])
+    report = run_eval(root / "plots_run", ["pixels", f"random:{TINY}"], "tsne=true")  # the demo config skips t-SNE
     kinds = {p.name.rsplit("_", 1)[-1] for p in report.plots}
     assert kinds == {"class.png", "confusion.png", "pca.png", "tsne.png"}
     assert any(p.name == "sensors_tsne.png" for p in report.plots)  # S2 L2A, S1 GRD and S2 L1C features
