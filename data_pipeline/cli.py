@@ -3,6 +3,7 @@
 
 A ``RingMoEError`` (bad config key, missing band file, corrupt shard) prints ``error: <message>`` and exits 2.
 Bad inputs are quarantined and counted in the summary (and the manifest); ``--strict`` fails on the first.
+A build that writes no sample at all exits 3 (``--allow-empty`` accepts it).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from data_pipeline.band_stats import compute_stats
 from data_pipeline.build import build_from_file
 from data_pipeline.config import load_build_config
-from data_pipeline.manifest import read_manifest
+from data_pipeline.manifest import manifest_path, read_manifest
 from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.errors import RingMoEError
 from ringmoe.core.files import atomic_write_json
+
+# A build that wrote nothing exits with this (2 is an error raised on the way, 1 failed verification).
+EMPTY_BUILD_EXIT = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     build_cmd.add_argument("--resume", action="store_true", help="keep finished shards of unchanged parts")
     build_cmd.add_argument("--strict", action="store_true", help="fail on the first bad input instead of quarantining")
     build_cmd.add_argument("--verify", action="store_true", help="then verify the result deeply (exit 1 on problems)")
+    build_cmd.add_argument(
+        "--allow-empty", action="store_true", help="exit 0 even when the build writes no sample (exit 3 otherwise)"
+    )
     build_cmd.add_argument(
         "--part-slice",
         metavar="I:N",
@@ -93,6 +100,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"slice {index}:{count}: built {parts or 'no part (more tasks than parts)'}")
                 else:
                     print(build_summary(built, built["config"]["out_dir"], time.perf_counter() - start))
+                    if built["samples"] == 0 and not args.allow_empty:
+                        print(
+                            f"error: the build wrote 0 samples ({len(built['quarantined'])} input(s) quarantined, "
+                            f"listed in {manifest_path(built['config']['out_dir'])}); pass --allow-empty to accept",
+                            file=sys.stderr,
+                        )
+                        return EMPTY_BUILD_EXIT
                     if args.verify:
                         checks = argparse.Namespace(
                             dir=Path(built["config"]["out_dir"]), deep=True, strict=False, report=None
@@ -187,7 +201,8 @@ def build_summary(manifest: dict[str, Any], out_dir: str, seconds: float) -> str
     lines.append(f"  skipped tiles: {skipped}")
     lines.append(f"  NaN/inf pixels masked as invalid: {manifest['nonfinite_pixels']}")
     quarantined = manifest["quarantined"]
-    lines.append(f"  quarantined: {len(quarantined)}" + (" (see 'quarantined' in the manifest)" if quarantined else ""))
+    where = f" (all listed under 'quarantined' in {manifest_path(out_dir)})" if quarantined else ""
+    lines.append(f"  quarantined: {len(quarantined)}{where}")
     for item in quarantined[:10]:
         lines.append(f"    {item['file']}: {item['reason']}")
     return "\n".join(lines)

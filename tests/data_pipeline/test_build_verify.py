@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -289,3 +290,12 @@ def test_scene_list_keeps_only_the_listed_scenes_and_names_a_missing_one(tmp_pat
     (tmp_path / "train.txt").write_text("forest/f2.tif\nriver/r9.tif\n")
     with pytest.raises(DataError, match=r"1 scenes of scene_list .*train.txt are not matched .*river/r9.tif"):
         build(config, config_dir=tmp_path)
+
+
+def test_manifest_and_indexes_are_readable_like_the_shards(demo_build):
+    """Atomic writes go through mkstemp (0600); the files a build publishes get what the umask gives the shards."""
+    umask = os.umask(0)
+    os.umask(umask)
+    published = [demo_build / "manifest.json", *demo_build.rglob("*.idx.json"), *demo_build.rglob("*.tar")]
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in published}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -136,3 +136,19 @@ def test_unreadable_band_file_names_the_file(tmp_path):
     scene = _s2_copy(tmp_path)
     (scene / f"{scene.name}_B02.tif").write_bytes(b"not a tiff at all")
     _fails_strict_and_is_quarantined_otherwise(tmp_path, rf"{scene.name}_B02\.tif: cannot open raster")
+
+
+def test_a_build_that_writes_nothing_exits_3_and_names_where_the_quarantined_are(tmp_path, capsys):
+    scene = _s2_copy(tmp_path)
+    (scene / f"{scene.name}_B02.tif").write_bytes(b"not a tiff at all")
+    config = _yaml(
+        tmp_path,
+        f"out_dir: {tmp_path / 'out'}\ntile_size: 64\ninputs:\n"
+        "  - {source: sentinel2_l2a, scenes: 'scenes/*', band_files: '{scene}_{band}.tif'}\n",
+    )
+    assert main(["build", "--config", str(config)]) == 3
+    captured = capsys.readouterr()
+    manifest = tmp_path / "out" / "manifest.json"
+    assert f"quarantined: 1 (all listed under 'quarantined' in {manifest})" in captured.out
+    assert "wrote 0 samples (1 input(s) quarantined" in captured.err and "--allow-empty" in captured.err
+    assert main(["build", "--config", str(config), "--allow-empty"]) == 0
