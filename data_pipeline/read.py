@@ -45,6 +45,19 @@ class Scene:
     time_index: Optional[int] = None  # zarr time cube read as the single image of this step
 
 
+def gdal_reason(exc: BaseException) -> str:
+    """rasterio's message with GDAL's own beneath it: a failed read says only "Read failed. See previous
+    exception for details." and keeps GDAL's message (the file, the block, the codec) in ``__cause__``."""
+    messages: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(messages) < 5:
+        text = str(seen).replace("See previous exception for details.", "").strip()
+        if text and text not in messages:
+            messages.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return ": ".join(messages) or type(exc).__name__
+
+
 def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
     """Sorted matches of the ``scenes`` glob, relative to the config's directory unless absolute, kept to those
     in ``scene_list`` when one is given."""
@@ -158,7 +171,7 @@ class SceneReader:
                 try:
                     self._datasets[file] = rasterio.open(file)
                 except RasterioError as exc:
-                    raise DataError(f"{file}: cannot open raster ({exc})") from None
+                    raise DataError(f"{file}: cannot open raster ({gdal_reason(exc)})") from None
             self._check()
             if scene.invalid_mask is not None:
                 self._open_mask(scene.invalid_mask)
@@ -220,7 +233,7 @@ class SceneReader:
         try:
             planes = [self._read(self._datasets[f], i, window) for f, i in zip(self.scene.files, self.scene.indexes)]
         except RasterioError as exc:
-            raise DataError(f"{self.scene.path}: read of window {window} failed ({exc})") from None
+            raise DataError(f"{self.scene.path}: read of window {window} failed ({gdal_reason(exc)})") from None
         return np.stack(planes)
 
     def invalid(self, window: Window) -> Optional[np.ndarray]:
@@ -235,7 +248,7 @@ class SceneReader:
             full = self._mask.read(1, window=_full_res(window, factor)) != 0
             return full.reshape(int(window.height), factor, int(window.width), factor).any(axis=(1, 3))
         except RasterioError as exc:
-            raise DataError(f"{self.scene.invalid_mask}: read of window {window} failed ({exc})") from None
+            raise DataError(f"{self.scene.invalid_mask}: read of window {window} failed ({gdal_reason(exc)})") from None
 
     def _read(self, ds, index: int, window: Window) -> np.ndarray:
         factor = self.scene.downsample
@@ -250,7 +263,7 @@ class SceneReader:
         try:
             self._mask = rasterio.open(path)
         except RasterioError as exc:
-            raise DataError(f"{path}: cannot open invalid mask ({exc})") from None
+            raise DataError(f"{path}: cannot open invalid mask ({gdal_reason(exc)})") from None
         first = self._first
         if self._mask.count != 1:
             raise DataError(f"{path}: invalid mask must have 1 band, found {self._mask.count}")

@@ -155,13 +155,17 @@ def _windows(reader, tiles: TileSettings, start: int):
 
 def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:
     sensor, scene = group.sensor, group.scene
+    any_valid, failed, nonfinite_total = False, False, 0
     with open_scene(scene, sensor) as reader:
         for window in _windows(reader, tiles, start):
             try:
                 image, valid, nonfinite = read_normalized(reader, window, sensor, tiles.standardize.get(sensor.name))
             except DataError as exc:
+                failed = True
                 yield Quarantined(str(scene.path), str(exc))
                 continue
+            any_valid = any_valid or bool(valid.any())
+            nonfinite_total += nonfinite
             fraction = float(valid.mean())
             if fraction < tiles.min_valid_fraction:
                 yield Skipped(SKIP_LOW_VALID, nonfinite)
@@ -183,6 +187,12 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
                 meta["time"] = reader.time
             members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
             yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name], nonfinite)
+    # A scene with no valid pixel is named, not just counted in skipped tiles (and is fatal under --strict). Only
+    # a scene read from its first tile can tell; a build resumed inside the scene read the rest before.
+    if start == 0 and not any_valid and not failed:
+        yield Quarantined(
+            str(scene.path), f"no valid pixel: all {nonfinite_total} NaN/inf pixels or nodata, every tile skipped"
+        )
 
 
 def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Iterator[Event]:

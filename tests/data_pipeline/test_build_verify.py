@@ -299,3 +299,19 @@ def test_manifest_and_indexes_are_readable_like_the_shards(demo_build):
     published = [demo_build / "manifest.json", *demo_build.rglob("*.idx.json"), *demo_build.rglob("*.tar")]
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in published}
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_an_all_nan_scene_is_named_and_fatal_when_strict(tmp_path):
+    write_geotiff(tmp_path / "a_nan.tif", np.full((4, 128, 128), np.nan))
+    write_geotiff(tmp_path / "b_good.tif", np.full((4, 128, 128), 900.0))
+    config = BuildConfig(inputs=[InputSpec("worldview2", "*.tif")], out_dir=str(tmp_path / "out"), tile_size=64)
+    manifest = build(config, config_dir=tmp_path)
+    assert manifest["samples"] == 4 and manifest["skipped"] == {"low_valid_fraction": 4}
+    assert [(Path(q["file"]).name, q["reason"]) for q in manifest["quarantined"]] == [
+        ("a_nan.tif", f"no valid pixel: all {128 * 128} NaN/inf pixels or nodata, every tile skipped")
+    ]
+    strict = BuildConfig(
+        inputs=config.inputs, out_dir=str(tmp_path / "strict"), tile_size=64, strict=True
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"a_nan\.tif: no valid pixel"):
+        build(strict, config_dir=tmp_path)

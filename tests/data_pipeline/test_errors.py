@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
 from data_pipeline.build import build
 from data_pipeline.cli import main
@@ -152,3 +153,22 @@ def test_a_build_that_writes_nothing_exits_3_and_names_where_the_quarantined_are
     assert f"quarantined: 1 (all listed under 'quarantined' in {manifest})" in captured.out
     assert "wrote 0 samples (1 input(s) quarantined" in captured.err and "--allow-empty" in captured.err
     assert main(["build", "--config", str(config), "--allow-empty"]) == 0
+
+
+def test_a_failed_read_keeps_gdals_reason(tmp_path):
+    """rasterio says only "Read failed. See previous exception"; the quarantine reason carries GDAL's cause."""
+    scene = _s2_copy(tmp_path)
+    band = scene / f"{scene.name}_B02.tif"
+    with rasterio.open(band) as source:
+        profile, pixels = source.profile, source.read()
+    profile.update(tiled=True, blockxsize=16, blockysize=16, compress="deflate")
+    with rasterio.open(band, "w", **profile) as target:
+        target.write(pixels)
+    band.write_bytes(band.read_bytes()[: band.stat().st_size // 4])  # header intact, most tiles gone
+    reason = rf"read of window .* failed \(.*{band.name}, band 1: .*failed"
+    with pytest.raises(DataError, match=reason):
+        _build_s2(tmp_path, strict=True)
+    manifest = _build_s2(tmp_path, strict=False)
+    assert [q["file"] for q in manifest["quarantined"]] == [str(scene)]
+    assert re.search(reason, manifest["quarantined"][0]["reason"])
+    assert "See previous exception" not in manifest["quarantined"][0]["reason"]
