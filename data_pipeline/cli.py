@@ -215,7 +215,8 @@ def verify_summary(report: dict[str, Any], out_dir: Path, seconds: float) -> str
     return (
         f"verified {out_dir} in {seconds:.1f} s ({rate}): {report['shards']} shards, {report['samples']} samples, "
         f"{_mb(report['bytes'])}: {status}\n  per stream: {per_stream}\n"
-        f"  quarantined: {report['quarantined_shards']} shard(s), {report['quarantined_samples']} sample(s)"
+        f"  quarantined: {report['quarantined_shards']} shard(s), {report['quarantined_samples']} sample(s); "
+        f"{report['quarantined_at_build']} input(s) left out at build (listed in {report['manifest']})"
     )
 
 

@@ -19,7 +19,7 @@ from data_pipeline.build import build
 from data_pipeline.cli import main
 from data_pipeline.config import BuildConfig, InputSpec, canonical_hash, load_build_config
 from data_pipeline.manifest import sha256_file
-from data_pipeline.verify import verify
+from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import DataError
 from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, read_samples, write_geotiff
@@ -101,6 +101,12 @@ def test_verify_names_a_flipped_byte_and_a_missing_shard(demo_build, tmp_path):
     first.write_bytes(bytes(data))
     with pytest.raises(DataError, match=rf"{first.name}: sha256 .* does not match"):
         verify(copy)
+    with pytest.raises(VerifyError) as deep:  # deep goes past the checksum to the sample the byte belongs to
+        verify(copy, deep=True)
+    report = deep.value.report
+    named = [p for p in report["problems"] if p["key"]]
+    assert len(named) == 1 and "does not match its sha256" in named[0]["reason"], report["problems"]
+    assert report["quarantined_samples"] == 1 and report["quarantined_at_build"] == 0
     first.unlink()
     with pytest.raises(DataError, match=rf"{first.name}: shard listed in the manifest is missing"):
         verify(copy)
