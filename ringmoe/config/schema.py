@@ -251,9 +251,10 @@ class SpectralTargets:
 
 @dataclass
 class ViewContrast:
-    """Two augmented views of every image, one of them masked for SimMIM, pulled together by an InfoNCE loss
-    (SimCLR's NT-Xent, per modality, negatives: the other images of the rank's micro-batch) on a projection of the
-    pooled final features (``ringmoe.objectives.views``). ``weight`` 0: off, plain SimMIM.
+    """Two augmented views of every image (the first masked for SimMIM when ``reconstruction_weight`` > 0) pulled
+    together by an InfoNCE loss (SimCLR's NT-Xent, per modality; negatives: the other images of every
+    data-parallel rank) on a projection of the pooled final features (``ringmoe.objectives.image_views``).
+    ``weight`` 0: off, plain SimMIM.
 
     Augmentations are geometric (random resized crop of ``crop_scale`` of the area, flips, 90 degree rotations:
     overhead imagery has no up) and photometric (per-channel gain and offset of up to ``gain`` of each channel's
