@@ -15,7 +15,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp creates 0600; give the file what a plain open() would (0666 less the umask), like the shards.
-        os.fchmod(fd, 0o666 & ~_current_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -26,7 +26,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)  # the only portable way to read it is to set it; put it straight back
     os.umask(mask)
     return mask

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from data_pipeline.manifest import sha256_file
 from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import DataError
+from ringmoe.core.files import current_umask
 from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, read_samples, write_geotiff
 
 SHARD_KEYS = {"path", "index", "index_sha256", "sha256", "bytes", "samples", "kind", "stream", "modality", "sources"}
@@ -300,8 +300,7 @@ def test_scene_list_keeps_only_the_listed_scenes_and_names_a_missing_one(tmp_pat
 
 def test_manifest_and_indexes_are_readable_like_the_shards(demo_build):
     """Atomic writes go through mkstemp (0600); the files a build publishes get what the umask gives the shards."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     published = [demo_build / "manifest.json", *demo_build.rglob("*.idx.json"), *demo_build.rglob("*.tar")]
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in published}
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
