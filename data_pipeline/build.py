@@ -10,6 +10,7 @@ manifest rather than one that describes other shards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -288,5 +289,7 @@ def _manifest(config: BuildConfig, plan: Plan, results: list[dict[str, Any]]) ->
         "skipped": dict(skipped),
         "nonfinite_pixels": sum(section["nonfinite_pixels"] for section in streams.values()),
         "quarantined": quarantined,
+        # The spec of every source built, so training reads the data with the registry it was made with.
+        "sensors": {sensor.name: dataclasses.asdict(sensor) for stream in plan.streams for sensor in stream.sensors},
         "shards": [entry for r in results for entry in r["shards"]],
     }

@@ -1,8 +1,9 @@
 """The build config: which rasters of which source become shards, and how they are tiled.
 
-Paths: ``scenes`` globs and ``sources_dir`` are inputs and resolve against the directory of the YAML file
-(so a config and the data it names can move together); ``out_dir`` is an output and resolves against the
-current working directory unless absolute (so ``out_dir=...`` on the command line means what it says).
+Paths: ``scenes`` globs, ``sources_dir`` and ``extra_sources`` are inputs and resolve against the directory of
+the YAML file (so a config and the data it names can move together); ``out_dir`` is an output and resolves
+against the current working directory unless absolute (so ``out_dir=...`` on the command line means what it
+says).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
+from data_pipeline.subdatasets import split_uri
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.structured import load_structured, to_dict
 
@@ -26,6 +30,21 @@ RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 # missing file.
 BAND_FILE_FIELDS = ("scene", "band", "band_lower")
 MASK_FILE_FIELDS = ("scene",)
+
+
+SCALING_TO_DB = ("", "amplitude", "power")
+
+
+@dataclass
+class ScalingSpec:
+    """The encoding of an input's files when it differs from the source's ``dtype``: the file's ``dtype`` and
+    the map to the source's units, ``value = DN * scale + offset``, then ``to_db`` (``amplitude``: 20 log10,
+    ``power``: 10 log10) for a source that expects dB."""
+
+    dtype: str = "???"
+    scale: float = 1.0
+    offset: float = 0.0
+    to_db: str = ""
 
 
 @dataclass
@@ -56,6 +75,11 @@ class InputSpec:
     # A text file of scene paths, one per line (e.g. a dataset's splits/train.txt): of the `scenes` matches, keep
     # only those whose path ends with a listed one. Resolves like `scenes`.
     scene_list: Optional[str] = None
+    # netCDF / HDF5 scenes: the variable (GDAL subdataset) to read, by name; with {band} or {band_lower} one
+    # variable per band. A `scenes` GDAL URI (NETCDF:"*.nc":blue) selects it too.
+    subdataset: Optional[str] = None
+    # The files' encoding when it differs from the source's dtype (checked against every file either way).
+    scaling: Optional[ScalingSpec] = None
 
 
 @dataclass
@@ -98,7 +122,8 @@ class BuildConfig:
     pairs: list[PairSpec] = field(default_factory=list)
     sequences: list[SequenceSpec] = field(default_factory=list)
     out_dir: str = "???"
-    sources_dir: str = ""  # "" = the repository's configs/data/sources
+    sources_dir: str = ""  # "" = the built-in configs/data/sources; a directory here replaces them
+    extra_sources: list[str] = field(default_factory=list)  # directories of source YAMLs added to the registry
     tile_size: int = 192
     tile_stride: int = 0  # 0 = tile_size (no overlap)
     min_valid_fraction: float = 0.5
@@ -180,6 +205,9 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
             raise bad(f"inputs[{i}]", "set band_files (one file per band) or band_indexes (multi-band file), not both")
         if spec.band_files is not None:
             _check_pattern(spec.band_files, f"inputs[{i}].band_files", where)
+        _check_subdataset(spec, f"inputs[{i}]", where)
+        if spec.scaling is not None:
+            _check_scaling(spec.scaling, f"inputs[{i}].scaling", where)
         if spec.downsample < 1:
             raise bad(f"inputs[{i}].downsample", f"must be >= 1, got {spec.downsample}")
         if spec.time_index is not None and ("time" not in spec.dims or spec.time_index < 0):
@@ -192,6 +220,35 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
         for band, index in (spec.band_indexes or {}).items():
             if index < 1:
                 raise bad(f"inputs[{i}].band_indexes.{band}", f"band indexes are 1-based, got {index}")
+
+
+def _check_scaling(scaling: ScalingSpec, key: str, where: str) -> None:
+    try:
+        np.dtype(scaling.dtype)
+    except TypeError:
+        raise ConfigError(
+            f"{where}: key {key + '.dtype'!r}: {scaling.dtype!r} is not a dtype (uint8, int16, ...)"
+        ) from None
+    if scaling.to_db not in SCALING_TO_DB:
+        raise ConfigError(f"{where}: key {key + '.to_db'!r}: {scaling.to_db!r} not in {SCALING_TO_DB}")
+    if scaling.scale == 0:
+        raise ConfigError(f"{where}: key {key + '.scale'!r}: 0 maps every value to the offset")
+
+
+def _check_subdataset(spec: InputSpec, key: str, where: str) -> None:
+    from_uri = split_uri(spec.scenes) is not None
+    if spec.subdataset is None and not from_uri:
+        return
+    if spec.subdataset is not None and from_uri:
+        raise ConfigError(f"{where}: key {key!r}: scenes is a GDAL subdataset URI and subdataset is set; keep one")
+    if spec.band_files is not None:
+        raise ConfigError(f"{where}: key {key!r}: a subdataset is read from a scene file; band_files does not apply")
+    selector = spec.subdataset if spec.subdataset is not None else split_uri(spec.scenes)[2]
+    _check_pattern(selector, f"{key}.subdataset", where, ("band", "band_lower"), needs_band=False)
+    if "{band" in selector and spec.band_indexes is not None:
+        raise ConfigError(
+            f"{where}: key {key!r}: subdataset {selector!r} reads one variable per band; band_indexes does not apply"
+        )
 
 
 def _check_regex(pattern: str, key: str, where: str) -> None:

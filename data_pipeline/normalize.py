@@ -30,8 +30,10 @@ from ringmoe.core.sensors import SensorSpec
 def channel_names(sensor: SensorSpec) -> list[str]:
     derived = [d.name for d in sensor.derived_channels]
     if sensor.normalization.kind == "complex":
-        return [f"{band}_{part}" for band in sensor.modality_bands for part in ("I", "Q")] + derived
-    return list(sensor.modality_bands) + derived
+        names = [f"{band}_{part}" for band in sensor.modality_bands for part in ("I", "Q")] + derived
+    else:
+        names = list(sensor.modality_bands) + derived
+    return [names[i % len(names)] for i in range(sensor.channels())]  # fill_channels: replicate repeats them
 
 
 def valid_mask(raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]] = ()) -> np.ndarray:
@@ -79,6 +81,8 @@ def normalize(
             image = np.clip(iq.astype(np.float64) * norm.scale, lo, hi)
         else:
             raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
+    if image.shape[0] < sensor.channels():  # fill_channels: replicate (a panchromatic or single-pol sensor)
+        image = image[[i % image.shape[0] for i in range(sensor.channels())]]
     if standardize is not None:
         mean, std = (np.asarray(v, dtype=np.float64)[:, None, None] for v in standardize)
         image = (image - mean) / np.where(std > 0, std, 1.0)

@@ -73,13 +73,18 @@ class _Resolver:
         self.strict = strict
         self.quarantined: list[dict[str, str]] = []
 
-    def scenes(self, spec: InputSpec, sensor: SensorSpec, stream: str) -> list[Scene]:
+    def scenes(self, spec: InputSpec, sensor: SensorSpec, stream: str, on_map: bool = False) -> list[Scene]:
+        """``on_map``: the stream reprojects scenes onto each other (pairs, sequences), so each needs a CRS."""
         found = []
         for path in find_scenes(spec, self.config_dir):
             try:
                 scene = resolve_scene(path, spec, sensor)
-                with open_scene(scene, sensor):  # opening checks band count, grid, CRS and dtype
-                    pass
+                with open_scene(scene, sensor) as reader:  # opening checks band count, grid, CRS and dtype
+                    if on_map and not reader.crs:
+                        raise DataError(
+                            f"{path}: not georeferenced (no CRS), so stream {stream!r} cannot reproject it onto "
+                            "its partners; plain images (JPEG, PNG) are single-image inputs"
+                        )
             except DataError as exc:
                 if self.strict:
                     raise
@@ -148,11 +153,14 @@ def _sensor_of(group: PairGroup, scene: Scene) -> SensorSpec:
 
 
 def load_registry_for(config: BuildConfig, config_dir: Path) -> SensorRegistry:
-    """The sensor registry a config names (``sources_dir``, relative to its folder), or the repository's."""
-    if not config.sources_dir:
-        return load_registry(default_sources_dir())
-    path = Path(config.sources_dir)
-    return load_registry(path if path.is_absolute() else config_dir / path)
+    """The built-in sources (or those of ``sources_dir``) plus the ``extra_sources`` directories; paths
+    relative to the config's folder."""
+
+    def resolve(folder: str) -> Path:
+        return Path(folder) if Path(folder).is_absolute() else config_dir / folder
+
+    base = resolve(config.sources_dir) if config.sources_dir else default_sources_dir()
+    return load_registry(base, [resolve(folder) for folder in config.extra_sources])
 
 
 def _resampling(config: BuildConfig, stream: StreamPlan) -> str:
@@ -210,7 +218,8 @@ def _pair_stream(pair, registry: SensorRegistry, resolver: _Resolver) -> StreamP
     stream = StreamPlan(pair.name, "pair", None, sensors)
     tables = []
     for spec, sensor in zip(pair.inputs, sensors):
-        table, unmatched = _footprints(resolver.scenes(spec, sensor, pair.name), pair.footprint, f"pair {pair.name!r}")
+        scenes = resolver.scenes(spec, sensor, pair.name, on_map=True)
+        table, unmatched = _footprints(scenes, pair.footprint, f"pair {pair.name!r}")
         stream.unmatched += unmatched
         tables.append(table)
     common = sorted(set.intersection(*(set(t) for t in tables)))
@@ -227,7 +236,7 @@ def _pair_stream(pair, registry: SensorRegistry, resolver: _Resolver) -> StreamP
 def _sequence_stream(seq, registry: SensorRegistry, resolver: _Resolver) -> StreamPlan:
     sensor = registry.get_spec(seq.input.source)
     stream = StreamPlan(seq.name, "sequence", sensor.modality, [sensor])
-    scenes = resolver.scenes(seq.input, sensor, seq.name)
+    scenes = resolver.scenes(seq.input, sensor, seq.name, on_map=True)
     cubes = [scene for scene in scenes if _is_time_cube(scene, sensor)]
     for scene in cubes:
         stream.groups.append(SequenceGroup(scene.name, sensor, [(scene, None)]))
@@ -299,7 +308,17 @@ def _input_files(scene: Scene) -> list[Path]:
 
 
 # Settings that cannot change a part's bytes; everything else in the build config enters every fingerprint.
-_NEUTRAL_SETTINGS = ("inputs", "pairs", "sequences", "out_dir", "workers", "strict", "scenes_per_part", "sources_dir")
+_NEUTRAL_SETTINGS = (
+    "inputs",
+    "pairs",
+    "sequences",
+    "out_dir",
+    "workers",
+    "strict",
+    "scenes_per_part",
+    "sources_dir",
+    "extra_sources",
+)
 
 
 def _build_settings(config: BuildConfig) -> dict[str, Any]:

@@ -7,7 +7,7 @@ wrong band count is a ``DataError`` naming the file, raised before any tile is w
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +18,9 @@ from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from data_pipeline.config import InputSpec
+from data_pipeline.config import InputSpec, ScalingSpec
+from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
+from data_pipeline.subdatasets import open_raster, split_uri, subdataset_uri
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
 
@@ -43,6 +45,13 @@ class Scene:
     dims: tuple[str, ...] = ("band", "y", "x")
     array_mask: str = ""
     time_index: Optional[int] = None  # zarr time cube read as the single image of this step
+    # GDAL URI of each band's subdataset (netCDF variable, HDF5 array) inside ``files[i]``; empty: plain rasters.
+    subdatasets: list[str] = field(default_factory=list)
+    scaling: Optional[ScalingSpec] = None  # the files' encoding, when it is not the source's dtype
+
+    def band_sources(self) -> list[str]:
+        """What GDAL opens for each band: the subdataset URI, or the file path."""
+        return list(self.subdatasets) if self.subdatasets else [str(file) for file in self.files]
 
 
 def gdal_reason(exc: BaseException) -> str:
@@ -59,15 +68,25 @@ def gdal_reason(exc: BaseException) -> str:
 
 
 def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
-    """Sorted matches of the ``scenes`` glob, relative to the config's directory unless absolute, kept to those
-    in ``scene_list`` when one is given."""
-    pattern = spec.scenes if Path(spec.scenes).is_absolute() else str(config_dir / spec.scenes)
+    """Sorted matches of the ``scenes`` glob (the file part of a subdataset URI), relative to the config's
+    directory unless absolute, kept to those in ``scene_list`` when one is given."""
+    scenes, _ = scene_pattern(spec)
+    pattern = scenes if Path(scenes).is_absolute() else str(config_dir / scenes)
     matches = sorted(Path(p) for p in glob.glob(pattern))
     if not matches:
         raise DataError(f"input {spec.source!r}: scenes pattern {spec.scenes!r} matches nothing (looked for {pattern})")
     if spec.scene_list:
         matches = _listed(matches, config_dir / spec.scene_list, spec)
     return matches
+
+
+def scene_pattern(spec: InputSpec) -> tuple[str, Optional[str]]:
+    """The glob of scene paths and the subdataset to read in each (from a ``scenes`` URI or ``subdataset``)."""
+    parts = split_uri(spec.scenes)
+    if parts is None:
+        return spec.scenes, spec.subdataset
+    _, path, name = parts
+    return path, name
 
 
 def _listed(matches: list[Path], list_file: Path, spec: InputSpec) -> list[Path]:
@@ -103,6 +122,9 @@ def resolve_scene(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     scene.downsample = spec.downsample
     scene.dims = tuple(spec.dims)
     scene.time_index = spec.time_index
+    scene.scaling = spec.scaling
+    if spec.scaling is not None and sensor.normalization.kind == "complex":
+        raise ConfigError(f"input {spec.source!r}: scaling maps real values; complex SAR is read as stored")
     if spec.downsample > 1 and sensor.normalization.kind == "complex":
         raise ConfigError(f"input {spec.source!r}: downsample averages pixels, which destroys complex SAR phase")
     if spec.downsample > 1 and scene.store == "zarr":
@@ -124,6 +146,9 @@ def resolve_scene(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
 def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     name = scene_name(path)
     bands = sensor.modality_bands
+    subdataset = scene_pattern(spec)[1]
+    if subdataset is not None:
+        return _resolve_subdatasets(path, name, subdataset, spec, sensor)
     if is_zarr_store(path):
         if spec.band_files is not None:
             raise DataError(f"{path}: scene of source {sensor.name!r} is a zarr store but the input sets band_files")
@@ -144,6 +169,22 @@ def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     return Scene(name, path, [path] * len(bands), _band_indexes(spec, sensor), expect_count=expect)
 
 
+def _resolve_subdatasets(path: Path, name: str, subdataset: str, spec: InputSpec, sensor: SensorSpec) -> Scene:
+    """A container file (netCDF, HDF5): one variable per band (``{band}`` in the name) or one for all bands."""
+    if path.is_dir():
+        raise DataError(
+            f"{path}: scene of source {sensor.name!r} is a directory; subdataset {subdataset!r} needs a file"
+        )
+    bands = sensor.modality_bands
+    if "{band" in subdataset:
+        names = [subdataset.format(band=b, band_lower=b.lower()) for b in bands]
+        uris = [subdataset_uri(path, variable) for variable in names]
+        return Scene(name, path, [path] * len(bands), [1] * len(bands), expect_count=1, subdatasets=uris)
+    expect = len(bands) if spec.band_indexes is None else None
+    uri = subdataset_uri(path, subdataset)
+    return Scene(name, path, [path] * len(bands), _band_indexes(spec, sensor), expect, subdatasets=[uri] * len(bands))
+
+
 def _band_indexes(spec: InputSpec, sensor: SensorSpec) -> list[int]:
     if spec.band_indexes is None:
         return list(range(1, len(sensor.modality_bands) + 1))
@@ -154,8 +195,17 @@ def _band_indexes(spec: InputSpec, sensor: SensorSpec) -> list[int]:
     missing = [b for b in sensor.modality_bands if b not in spec.band_indexes]
     if missing:
         raise ConfigError(f"input {spec.source!r}: band_indexes lacks modality bands {missing}")
+    indexes = [spec.band_indexes[b] for b in sensor.modality_bands]
+    for band, index in zip(sensor.modality_bands, indexes):
+        twins = [b for b in sensor.modality_bands if spec.band_indexes[b] == index]
+        if len(twins) > 1:
+            # Copies of one band pass as distinct measurements (a SAR ratio channel would be constant).
+            raise ConfigError(
+                f"input {spec.source!r}: band_indexes map {twins} to the same band {index} of the file; a sensor "
+                "with fewer bands is its own source with fill_channels: replicate (docs/data.md, adding a sensor)"
+            )
     # Bands the sensor has but the modality does not use are allowed in the map and simply not read.
-    return [spec.band_indexes[b] for b in sensor.modality_bands]
+    return indexes
 
 
 class SceneReader:
@@ -164,14 +214,15 @@ class SceneReader:
     def __init__(self, scene: Scene, sensor: SensorSpec) -> None:
         self.scene = scene
         self.sensor = sensor
-        self._datasets: dict[Path, rasterio.DatasetReader] = {}
+        self._sources = scene.band_sources()
+        self._datasets: dict[str, rasterio.DatasetReader] = {}
         self._mask: Optional[rasterio.DatasetReader] = None
         try:
-            for file in dict.fromkeys(scene.files):
+            for source in dict.fromkeys(self._sources):
                 try:
-                    self._datasets[file] = rasterio.open(file)
+                    self._datasets[source] = open_raster(source)
                 except RasterioError as exc:
-                    raise DataError(f"{file}: cannot open raster ({gdal_reason(exc)})") from None
+                    raise DataError(f"{source}: cannot open raster ({gdal_reason(exc)})") from None
             self._check()
             if scene.invalid_mask is not None:
                 self._open_mask(scene.invalid_mask)
@@ -181,9 +232,10 @@ class SceneReader:
 
     def _check(self) -> None:
         scene, sensor = self.scene, self.sensor
-        first = self._datasets[scene.files[0]]
+        first_name = self._sources[0]
+        first = self._datasets[first_name]
         complex_wanted = sensor.normalization.kind == "complex"
-        for band, file, index in zip(sensor.modality_bands, scene.files, scene.indexes):
+        for band, file, index in zip(sensor.modality_bands, self._sources, scene.indexes):
             ds = self._datasets[file]
             if scene.expect_count == 1 and ds.count != 1:
                 raise DataError(f"{file}: expected 1 band (one file per band, band {band!r}), found {ds.count}")
@@ -199,16 +251,25 @@ class SceneReader:
                 want = "complex" if complex_wanted else "real"
                 dtype = ds.dtypes[index - 1]
                 raise DataError(f"{file}: band {index} is {dtype}, source {sensor.name!r} needs {want} data")
+            check_encoding(
+                file, index, ds.dtypes[index - 1], ds.scales[index - 1], ds.offsets[index - 1], sensor, scene.scaling
+            )
             if ds.shape != first.shape:
-                raise DataError(f"{file}: shape {ds.shape} differs from {scene.files[0].name} {first.shape}")
+                raise DataError(f"{file}: shape {ds.shape} differs from {first_name} {first.shape}")
             if ds.crs != first.crs:
-                raise DataError(f"{file}: CRS {ds.crs} differs from {scene.files[0].name} ({first.crs})")
+                raise DataError(f"{file}: CRS {ds.crs} differs from {first_name} ({first.crs})")
             if not ds.transform.almost_equals(first.transform):
-                raise DataError(f"{file}: transform differs from {scene.files[0].name}; bands must share one grid")
+                raise DataError(f"{file}: transform differs from {first_name}; bands must share one grid")
+            if scene.subdatasets and ds.crs is None:
+                # A variable without a grid mapping has only array indexes: tiles would have no place on Earth.
+                raise DataError(
+                    f"{file}: no georeferencing (no CF grid_mapping variable or CRS that GDAL recognises); "
+                    "the variable cannot be placed on a map grid"
+                )
 
     @property
     def _first(self) -> rasterio.DatasetReader:
-        return self._datasets[self.scene.files[0]]
+        return self._datasets[self._sources[0]]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -226,12 +287,12 @@ class SceneReader:
 
     def file_nodata(self) -> list[Optional[float]]:
         """The nodata value each band's file declares (may differ from the source registry's)."""
-        return [self._datasets[f].nodatavals[i - 1] for f, i in zip(self.scene.files, self.scene.indexes)]
+        return [self._datasets[f].nodatavals[i - 1] for f, i in zip(self._sources, self.scene.indexes)]
 
     def read(self, window: Window) -> np.ndarray:
         """Raw modality bands ``(B, h, w)`` of ``window`` (in this reader's, possibly downsampled, pixels)."""
         try:
-            planes = [self._read(self._datasets[f], i, window) for f, i in zip(self.scene.files, self.scene.indexes)]
+            planes = [self._read(self._datasets[f], i, window) for f, i in zip(self._sources, self.scene.indexes)]
         except RasterioError as exc:
             raise DataError(f"{self.scene.path}: read of window {window} failed ({gdal_reason(exc)})") from None
         return np.stack(planes)
@@ -298,5 +359,33 @@ def open_scene(scene: Scene, sensor: SensorSpec):
     if scene.store == "zarr":
         from data_pipeline.zarr_scene import ZarrSceneReader  # zarr is only imported when a store is read
 
-        return ZarrSceneReader(scene, sensor)
-    return SceneReader(scene, sensor)
+        reader = ZarrSceneReader(scene, sensor)
+    else:
+        reader = SceneReader(scene, sensor)
+    return reader if scene.scaling is None else ScaledReader(reader, scene.scaling)
+
+
+class ScaledReader:
+    """A reader whose pixels (and nodata markers) are mapped from the file's encoding to the source's units."""
+
+    def __init__(self, reader, scaling: ScalingSpec) -> None:
+        self._reader = reader
+        self._scaling = scaling
+
+    def __getattr__(self, name: str):
+        return getattr(self._reader, name)
+
+    def read(self, window: Window) -> np.ndarray:
+        return apply_scaling(self._reader.read(window), self._scaling)
+
+    def read_sequence(self, window: Window) -> np.ndarray:
+        return apply_scaling(self._reader.read_sequence(window), self._scaling)
+
+    def file_nodata(self) -> list[Optional[float]]:
+        return scaled_nodata(self._reader.file_nodata(), self._scaling)
+
+    def __enter__(self) -> "ScaledReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._reader.close()

@@ -26,6 +26,7 @@ from rasterio.errors import CRSError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from data_pipeline.encoding import check_encoding
 from data_pipeline.read import Scene
 from ringmoe.core.errors import DataError
 from ringmoe.core.sensors import SensorSpec
@@ -133,6 +134,10 @@ class ZarrSceneReader:
         if (np.dtype(self._array.dtype).kind == "c") != complex_wanted:
             want = "complex" if complex_wanted else "real"
             raise DataError(f"{self._where}: dtype {self._array.dtype}, source {self.sensor.name!r} needs {want} data")
+        # xarray writes CF packing as array attributes; the stored integers are not the values then.
+        scale = float(self._array.attrs.get("scale_factor", 1.0))
+        offset = float(self._array.attrs.get("add_offset", 0.0))
+        check_encoding(self._where, 1, str(self._array.dtype), scale, offset, self.sensor, self.scene.scaling)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -5,13 +5,14 @@ The registry is an explicit dict built from files the user can read; nothing reg
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.modalities import MODALITIES
-from ringmoe.core.structured import load_structured
+from ringmoe.core.structured import from_dict, load_structured
 
 # Channels each modality group feeds to its patch embedding. Every source of a group maps its bands onto this.
 MODALITY_CHANNELS: dict[str, int] = {
@@ -23,6 +24,7 @@ MODALITY_CHANNELS: dict[str, int] = {
 
 NORMALIZATION_KINDS = ("reflectance", "db", "complex")
 DERIVED_KINDS = ("db_ratio",)
+FILL_KINDS = ("", "replicate")
 
 
 @dataclass
@@ -75,11 +77,18 @@ class SensorSpec:
     gsd_m: Optional[float] = None
     license: str = ""
     description: str = ""
+    # A sensor with fewer bands than its modality has channels (panchromatic, single-pol SAR): "replicate"
+    # repeats its channels in order until the modality's count is reached ("" = the bands must fill it).
+    fill_channels: str = ""
 
-    def channels(self) -> int:
-        """Model input channels: complex bands become an I and a Q channel each; derived channels follow."""
+    def band_channels(self) -> int:
+        """Channels the bands give: complex bands become an I and a Q channel each; derived channels follow."""
         per_band = 2 if self.normalization.kind == "complex" else 1
         return per_band * len(self.modality_bands) + len(self.derived_channels)
+
+    def channels(self) -> int:
+        """Model input channels: the band channels, repeated to the modality's count under ``replicate``."""
+        return MODALITY_CHANNELS[self.modality] if self.fill_channels == "replicate" else self.band_channels()
 
     def band(self, name: str) -> BandSpec:
         for band in self.bands:
@@ -96,8 +105,15 @@ class SensorRegistry(dict[str, SensorSpec]):
 
     def get_spec(self, name: str) -> SensorSpec:
         if name not in self:
-            raise ConfigError(f"unknown source {name!r}; registered sources: {sorted(self)}")
+            raise ConfigError(
+                f"unknown source {name!r}; registered sources: {sorted(self)} (a sensor of your own: a YAML in a "
+                "directory listed under extra_sources)"
+            )
         return self[name]
+
+    def records(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Specs as plain data (what a manifest records), of ``names`` or of every source."""
+        return {name: dataclasses.asdict(self[name]) for name in sorted(names if names is not None else self)}
 
 
 def load_sensor(path: Path) -> SensorSpec:
@@ -112,10 +128,19 @@ def _validate(spec: SensorSpec, path: Path) -> None:
         raise ConfigError(f"{path}: modality {spec.modality!r} is not one of {MODALITIES}")
     if spec.normalization.kind not in NORMALIZATION_KINDS:
         raise ConfigError(f"{path}: normalization.kind {spec.normalization.kind!r} not in {NORMALIZATION_KINDS}")
-    want = MODALITY_CHANNELS[spec.modality]
-    if spec.channels() != want:
+    if spec.fill_channels not in FILL_KINDS:
+        raise ConfigError(f"{path}: fill_channels {spec.fill_channels!r} not in {FILL_KINDS}")
+    want, have = MODALITY_CHANNELS[spec.modality], spec.band_channels()
+    if have > want or (have < want and spec.fill_channels != "replicate"):
+        hint = (
+            "; a sensor with fewer bands (panchromatic, single-pol) sets fill_channels: replicate"
+            if have < want
+            else ""
+        )
+        raise ConfigError(f"{path}: modality_bands give {have} channels, modality {spec.modality!r} needs {want}{hint}")
+    if len(set(spec.modality_bands)) != len(spec.modality_bands):
         raise ConfigError(
-            f"{path}: modality_bands give {spec.channels()} channels, modality {spec.modality!r} needs {want}"
+            f"{path}: modality_bands {spec.modality_bands} list a band twice; use fill_channels: replicate"
         )
     names = {b.name for b in spec.bands}
     missing = [b for b in spec.modality_bands if b not in names]
@@ -138,15 +163,35 @@ def default_sources_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "configs" / "data" / "sources"
 
 
-def load_registry(directory: str | Path | None = None) -> SensorRegistry:
+def load_registry(directory: str | Path | None = None, extra: Sequence[str | Path] = ()) -> SensorRegistry:
+    """The sources of ``directory`` (default: the built-ins) plus those of each ``extra`` directory; a name
+    defined twice is an error naming both files."""
     directory = Path(directory) if directory else default_sources_dir()
-    files = sorted(directory.glob("*.yaml"))
-    if not files:
-        raise ConfigError(f"no source YAML files found in {directory}")
     registry = SensorRegistry()
-    for path in files:
-        spec = load_sensor(path)
-        if spec.name in registry:
-            raise ConfigError(f"{path}: source {spec.name!r} is defined twice")
-        registry[spec.name] = spec
+    origin: dict[str, Path] = {}
+    for folder in [directory, *(Path(e) for e in extra)]:
+        files = sorted(folder.glob("*.yaml"))
+        if not files:
+            raise ConfigError(f"no source YAML files found in {folder}")
+        for path in files:
+            spec = load_sensor(path)
+            if spec.name in registry:
+                raise ConfigError(f"{path}: source {spec.name!r} is already defined by {origin[spec.name]}")
+            registry[spec.name] = spec
+            origin[spec.name] = path
+    return registry
+
+
+def registry_from_records(records: Any, where: str) -> SensorRegistry:
+    """The registry a manifest recorded (``SensorRegistry.records``), validated like the YAML files."""
+    if not isinstance(records, dict) or not records:
+        raise ConfigError(f"{where}: 'sensors' must map source names to specs, got {records!r:.200}")
+    registry = SensorRegistry()
+    for name, record in sorted(records.items()):
+        at = f"{where}: sensors.{name}"
+        spec = from_dict(SensorSpec, record, at) if isinstance(record, dict) else None
+        if spec is None or spec.name != name:
+            raise ConfigError(f"{at}: not a sensor spec named {name!r}")
+        _validate(spec, Path(at))
+        registry[name] = spec
     return registry

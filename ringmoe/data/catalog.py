@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ringmoe.core.errors import DataError
+from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.schema import MANIFEST_NAME, parse_manifest, read_manifest
-from ringmoe.data.store import LocalStore, Store
+from ringmoe.core.sensors import SensorRegistry, load_registry, registry_from_records
+from ringmoe.data.store import LocalStore, Store, open_store
 
 # Relative names only: no absolute path, no '..' or hidden component, nothing a shell would interpret.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -105,17 +106,34 @@ def _safe(name: str, where: str) -> str:
     return name
 
 
-def _parts(section: dict[str, Any], at: str) -> tuple[PartInfo, ...]:
+def manifest_sensors(manifest: dict[str, Any], where: str) -> SensorRegistry:
+    """The sensor specs the data was built with (manifest ``sensors``); built-ins for older manifests."""
+    if "sensors" in manifest:
+        try:
+            return registry_from_records(manifest["sensors"], where)
+        except ConfigError as exc:
+            raise DataError(str(exc)) from None
+    return load_registry()
+
+
+def dataset_sensors(shards: str) -> SensorRegistry:
+    """The sensor registry of the dataset at ``shards`` (any store URL), as its manifest recorded it."""
+    store = open_store(shards)
+    try:
+        manifest, where = _read_manifest(store)
+    finally:
+        store.close()
+    return manifest_sensors(manifest, where)
+
+
+def _parts(section: dict[str, Any], at: str, registry: SensorRegistry) -> tuple[PartInfo, ...]:
     """A pair stream's parts (``channels`` per source, modality from the registry names in ``modalities``) or
     a sequence stream's one part."""
-    from ringmoe.core.sensors import load_registry
-
-    registry = load_registry()
     channels = section.get("channels")
     if isinstance(channels, dict):
         unknown = sorted(set(channels) - set(registry))
         if unknown:
-            raise DataError(f"{at}: parts {unknown} are not registered sources")
+            raise DataError(f"{at}: parts {unknown} are not sources of the manifest's sensors {sorted(registry)}")
         return tuple(PartInfo(src, registry[src].modality, int(c)) for src, c in sorted(channels.items()))
     sources = section.get("sources") or []
     if not isinstance(channels, int) or len(sources) != 1 or sources[0] not in registry:
@@ -163,7 +181,7 @@ def _catalog(manifest: dict[str, Any], where: str, modalities: list[str], places
             raise DataError(f"{where}: source {name!r} has shards but no 'streams' section")
         ordered = tuple(sorted(found, key=lambda s: s.path))
         if places:
-            parts = _parts(section, f"{where}: streams.{name}")
+            parts = _parts(section, f"{where}: streams.{name}", manifest_sensors(manifest, where))
             if any(p.modality in modalities for p in parts):
                 sources[name] = SourceInfo(name, PLACE, 0, ordered, kind_of[name], parts)
             continue

@@ -24,6 +24,7 @@ from ringmoe.checkpoint.save import save_checkpoint
 from ringmoe.config.schema import RunConfig
 from ringmoe.core.errors import TrainingError
 from ringmoe.core.files import atomic_write_json
+from ringmoe.data.catalog import dataset_sensors
 from ringmoe.data.loader import build_loader
 from ringmoe.models.size import forward_flops_per_sample
 from ringmoe.objectives.build import build_objective
@@ -66,7 +67,9 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
     config.validate()
     # Before any process group: config errors first.
     check_precision_supported(config.train.precision)
-    objective = build_objective(config.objective, config.model) if config.model.recipe == "ringmoe" else None
+    objective = None
+    if config.model.recipe == "ringmoe":  # physical targets are laid out from the sensors the data was built with
+        objective = build_objective(config.objective, config.model, dataset_sensors(config.data.shards))
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"
     resume_from = resolve_resume(config.train.resume, checkpoints)
