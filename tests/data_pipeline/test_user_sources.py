@@ -61,6 +61,13 @@ def _s2_band(band: str) -> np.ndarray:
         return ds.read(1)
 
 
+def _geotiff_samples(out: Path) -> list[dict]:
+    """The samples of the real Sentinel-2 patch read from its GeoTIFFs as uint16 DN: the reference."""
+    spec = InputSpec("sentinel2_l2a", str(S2_SCENE), band_files="{scene}_{band}.tif")
+    build(BuildConfig(inputs=[spec], out_dir=str(out), tile_size=60, strict=True))
+    return read_samples(out)
+
+
 def test_a_user_source_adds_to_the_builtins_and_the_manifest_records_it(tmp_path):
     sources = _sources(tmp_path / "sources", PAN_SOURCE)
     registry = load_registry(extra=[sources])
@@ -141,12 +148,7 @@ def test_float_reflectance_under_a_dn_source_is_refused_then_read_through_scalin
         build(config)
     spec.scaling = ScalingSpec(dtype="float32", scale=10000.0)
     build(config)
-    reference = BuildConfig(
-        inputs=[InputSpec("sentinel2_l2a", str(S2_SCENE), band_files="{scene}_{band}.tif")],
-        out_dir=str(tmp_path / "dn"), tile_size=60, strict=True,
-    )  # fmt: skip
-    build(reference)
-    got, want = read_samples(tmp_path / "float"), read_samples(tmp_path / "dn")
+    got, want = read_samples(tmp_path / "float"), _geotiff_samples(tmp_path / "dn")
     assert len(got) == len(want) == 4
     # DN -> float32 / 1e4 -> * 1e4 -> * 1e-4 differs from DN * 1e-4 by float32 rounding of the stored file only.
     tolerance = np.finfo(np.float32).eps
@@ -167,10 +169,5 @@ def test_packed_netcdf_needs_declared_scaling(tmp_path):
         build(config)
     spec.scaling = ScalingSpec(dtype="uint16")  # the source expects the stored DN, so keep them as they are
     build(config)
-    reference = BuildConfig(
-        inputs=[InputSpec("sentinel2_l2a", str(S2_SCENE), band_files="{scene}_{band}.tif")],
-        out_dir=str(tmp_path / "dn"), tile_size=60, strict=True,
-    )  # fmt: skip
-    build(reference)
-    got, want = read_samples(tmp_path / "out"), read_samples(tmp_path / "dn")
+    got, want = read_samples(tmp_path / "out"), _geotiff_samples(tmp_path / "dn")
     assert len(got) == 4 and all(np.array_equal(a["image.npy"], b["image.npy"]) for a, b in zip(got, want))
