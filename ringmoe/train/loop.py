@@ -67,14 +67,14 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
     config.validate()
     # Before any process group: config errors first.
     check_precision_supported(config.train.precision)
-    objective = None
-    if config.model.recipe == "ringmoe":  # physical targets are laid out from the sensors the data was built with
-        objective = build_objective(config.objective, config.model, dataset_sensors(config.data.shards))
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"
     resume_from = resolve_resume(config.train.resume, checkpoints)
     if config.train.init_from and resume_from is None:
         check_init_from(Path(config.train.init_from), config)
+    objective = None
+    if config.model.recipe == "ringmoe":  # physical targets are laid out from the sensors the data was built with
+        objective = build_objective(config.objective, config.model, dataset_sensors(config.data.shards))
     rank, _ = init_distributed()
     topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
