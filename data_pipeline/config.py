@@ -235,6 +235,15 @@ def _check_scaling(scaling: ScalingSpec, key: str, where: str) -> None:
         raise ConfigError(f"{where}: key {key + '.scale'!r}: 0 maps every value to the offset")
 
 
+def scene_pattern(spec: InputSpec) -> tuple[str, Optional[str]]:
+    """The glob of scene paths and the subdataset to read in each (from a ``scenes`` URI or ``subdataset``)."""
+    parts = split_uri(spec.scenes)
+    if parts is None:
+        return spec.scenes, spec.subdataset
+    _, path, name = parts
+    return path, name
+
+
 def _check_subdataset(spec: InputSpec, key: str, where: str) -> None:
     from_uri = split_uri(spec.scenes) is not None
     if spec.subdataset is None and not from_uri:
@@ -243,7 +252,7 @@ def _check_subdataset(spec: InputSpec, key: str, where: str) -> None:
         raise ConfigError(f"{where}: key {key!r}: scenes is a GDAL subdataset URI and subdataset is set; keep one")
     if spec.band_files is not None:
         raise ConfigError(f"{where}: key {key!r}: a subdataset is read from a scene file; band_files does not apply")
-    selector = spec.subdataset if spec.subdataset is not None else split_uri(spec.scenes)[2]
+    selector = scene_pattern(spec)[1] or ""
     _check_pattern(selector, f"{key}.subdataset", where, ("band", "band_lower"), needs_band=False)
     if "{band" in selector and spec.band_indexes is not None:
         raise ConfigError(

@@ -63,7 +63,4 @@ def apply_scaling(raw: np.ndarray, scaling: ScalingSpec) -> np.ndarray:
 
 def scaled_nodata(values: Sequence[Optional[float]], scaling: ScalingSpec) -> list[Optional[float]]:
     """The file's nodata values mapped exactly as its pixels are, so a nodata pixel still equals its marker."""
-    out: list[Optional[float]] = []
-    for value in values:
-        out.append(None if value is None else float(apply_scaling(np.array([value]), scaling)[0]))
-    return out
+    return [None if value is None else float(apply_scaling(np.array([value]), scaling)[0]) for value in values]

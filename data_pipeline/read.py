@@ -7,6 +7,7 @@ wrong band count is a ``DataError`` naming the file, raised before any tile is w
 from __future__ import annotations
 
 import glob
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -18,9 +19,9 @@ from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from data_pipeline.config import InputSpec, ScalingSpec
+from data_pipeline.config import InputSpec, ScalingSpec, scene_pattern
 from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
-from data_pipeline.subdatasets import open_raster, split_uri, subdataset_uri
+from data_pipeline.subdatasets import open_raster, subdataset_uris
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
 
@@ -78,15 +79,6 @@ def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
     if spec.scene_list:
         matches = _listed(matches, config_dir / spec.scene_list, spec)
     return matches
-
-
-def scene_pattern(spec: InputSpec) -> tuple[str, Optional[str]]:
-    """The glob of scene paths and the subdataset to read in each (from a ``scenes`` URI or ``subdataset``)."""
-    parts = split_uri(spec.scenes)
-    if parts is None:
-        return spec.scenes, spec.subdataset
-    _, path, name = parts
-    return path, name
 
 
 def _listed(matches: list[Path], list_file: Path, spec: InputSpec) -> list[Path]:
@@ -177,12 +169,11 @@ def _resolve_subdatasets(path: Path, name: str, subdataset: str, spec: InputSpec
         )
     bands = sensor.modality_bands
     if "{band" in subdataset:
-        names = [subdataset.format(band=b, band_lower=b.lower()) for b in bands]
-        uris = [subdataset_uri(path, variable) for variable in names]
+        uris = subdataset_uris(path, [subdataset.format(band=b, band_lower=b.lower()) for b in bands])
         return Scene(name, path, [path] * len(bands), [1] * len(bands), expect_count=1, subdatasets=uris)
     expect = len(bands) if spec.band_indexes is None else None
-    uri = subdataset_uri(path, subdataset)
-    return Scene(name, path, [path] * len(bands), _band_indexes(spec, sensor), expect, subdatasets=[uri] * len(bands))
+    uris = subdataset_uris(path, [subdataset]) * len(bands)
+    return Scene(name, path, [path] * len(bands), _band_indexes(spec, sensor), expect, subdatasets=uris)
 
 
 def _band_indexes(spec: InputSpec, sensor: SensorSpec) -> list[int]:
@@ -196,10 +187,10 @@ def _band_indexes(spec: InputSpec, sensor: SensorSpec) -> list[int]:
     if missing:
         raise ConfigError(f"input {spec.source!r}: band_indexes lacks modality bands {missing}")
     indexes = [spec.band_indexes[b] for b in sensor.modality_bands]
-    for band, index in zip(sensor.modality_bands, indexes):
-        twins = [b for b in sensor.modality_bands if spec.band_indexes[b] == index]
-        if len(twins) > 1:
+    for index, count in Counter(indexes).items():
+        if count > 1:
             # Copies of one band pass as distinct measurements (a SAR ratio channel would be constant).
+            twins = [b for b in sensor.modality_bands if spec.band_indexes[b] == index]
             raise ConfigError(
                 f"input {spec.source!r}: band_indexes map {twins} to the same band {index} of the file; a sensor "
                 "with fewer bands is its own source with fill_channels: replicate (docs/data.md, adding a sensor)"

@@ -49,16 +49,21 @@ def _variable(uri: str) -> str:
     return (parts[2] if parts else uri).lstrip("/")
 
 
-def subdataset_uri(path: Path, wanted: str) -> str:
-    """The URI of the subdataset of ``path`` named ``wanted`` (the variable name, or its tail after a ``/``
-    group separator); an error names the file and lists its subdatasets when none or several match."""
+def subdataset_uris(path: Path, wanted: list[str]) -> list[str]:
+    """The URI of each subdataset of ``path`` named in ``wanted`` (the variable name, or its tail after a ``/``
+    group separator), listing the file's subdatasets once; an error names the file and lists its subdatasets
+    when none or several match."""
     try:
         with open_raster(path) as container:
             listed, driver = list(container.subdatasets), container.driver
     except RasterioError as exc:
         raise DataError(f"{path}: cannot open to list its subdatasets ({exc})") from None
     if not listed:  # a file with one variable: GDAL opens it directly, lists nothing, yet takes its URI
-        return _only_variable(path, driver, wanted)
+        return [_only_variable(path, driver, name) for name in wanted]
+    return [_match(path, listed, name) for name in wanted]
+
+
+def _match(path: Path, listed: list[str], wanted: str) -> str:
     name = wanted.lstrip("/")
     exact = [uri for uri in listed if _variable(uri) == name]
     tails = [uri for uri in listed if _variable(uri).endswith("/" + name)]

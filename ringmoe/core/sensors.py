@@ -5,7 +5,6 @@ The registry is an explicit dict built from files the user can read; nothing reg
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -111,10 +110,6 @@ class SensorRegistry(dict[str, SensorSpec]):
             )
         return self[name]
 
-    def records(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Specs as plain data (what a manifest records), of ``names`` or of every source."""
-        return {name: dataclasses.asdict(self[name]) for name in sorted(names if names is not None else self)}
-
 
 def load_sensor(path: Path) -> SensorSpec:
     """Read and validate one source YAML; errors name the file and the key."""
@@ -183,7 +178,7 @@ def load_registry(directory: str | Path | None = None, extra: Sequence[str | Pat
 
 
 def registry_from_records(records: Any, where: str) -> SensorRegistry:
-    """The registry a manifest recorded (``SensorRegistry.records``), validated like the YAML files."""
+    """The registry a manifest recorded (source name -> spec as plain data), validated like the YAML files."""
     if not isinstance(records, dict) or not records:
         raise ConfigError(f"{where}: 'sensors' must map source names to specs, got {records!r:.200}")
     registry = SensorRegistry()

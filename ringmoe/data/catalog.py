@@ -175,13 +175,14 @@ def _catalog(manifest: dict[str, Any], where: str, modalities: list[str], places
             kind_of[source] = entry["kind"]
             used.append([shard.path, shard.samples, entry.get("sha256"), shard.index_sha256])
     sources = {}
+    sensors = manifest_sensors(manifest, where) if places else None
     for name, found in shards.items():
         section = streams.get(name)
         if not isinstance(section, dict):
             raise DataError(f"{where}: source {name!r} has shards but no 'streams' section")
         ordered = tuple(sorted(found, key=lambda s: s.path))
         if places:
-            parts = _parts(section, f"{where}: streams.{name}", manifest_sensors(manifest, where))
+            parts = _parts(section, f"{where}: streams.{name}", sensors)
             if any(p.modality in modalities for p in parts):
                 sources[name] = SourceInfo(name, PLACE, 0, ordered, kind_of[name], parts)
             continue
