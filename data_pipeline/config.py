@@ -80,6 +80,8 @@ class InputSpec:
     subdataset: Optional[str] = None
     # The files' encoding when it differs from the source's dtype (checked against every file either way).
     scaling: Optional[ScalingSpec] = None
+    # STAC Item scenes (*.json): band name -> asset key, for assets not named after their band.
+    assets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -226,7 +226,7 @@ def _pair_stream(pair, registry: SensorRegistry, resolver: _Resolver) -> StreamP
     for table in tables:
         stream.unmatched += sorted(table[f].name for f in set(table) - set(common))
     for footprint in common:
-        members = [(t[footprint], s, parse_time(t[footprint].name, pair.time_pattern)) for t, s in zip(tables, sensors)]
+        members = [(t[footprint], s, _scene_time(t[footprint], pair.time_pattern)) for t, s in zip(tables, sensors)]
         stream.groups.append(PairGroup(footprint, members))
     if stream.unmatched:
         log.warning("pair %s: %d scene(s) without a partner: %s", pair.name, len(stream.unmatched), stream.unmatched)
@@ -248,7 +248,7 @@ def _sequence_stream(seq, registry: SensorRegistry, resolver: _Resolver) -> Stre
         if seq.footprint and not match:
             stream.unmatched.append(scene.name)
             continue
-        when = parse_time(scene.name, seq.time_pattern)
+        when = _scene_time(scene, seq.time_pattern)
         if when is None:
             raise DataError(
                 f"{scene.path}: no acquisition time in the name "
@@ -266,6 +266,11 @@ def _sequence_stream(seq, registry: SensorRegistry, resolver: _Resolver) -> Stre
             "sequence %s: %d scene(s) not in any sequence: %s", seq.name, len(stream.unmatched), stream.unmatched
         )
     return stream
+
+
+def _scene_time(scene: Scene, pattern: str) -> Optional[str]:
+    """The time a catalog gave the scene (STAC), else the one its name carries."""
+    return scene.time or parse_time(scene.name, pattern)
 
 
 def _is_time_cube(scene: Scene, sensor: SensorSpec) -> bool:

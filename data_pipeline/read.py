@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec, ScalingSpec, scene_pattern
 from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
+from data_pipeline.stac import expand_collections, is_stac_item, stac_item_bands
 from data_pipeline.subdatasets import open_raster, subdataset_uris
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
@@ -49,6 +50,7 @@ class Scene:
     # GDAL URI of each band's subdataset (netCDF variable, HDF5 array) inside ``files[i]``; empty: plain rasters.
     subdatasets: list[str] = field(default_factory=list)
     scaling: Optional[ScalingSpec] = None  # the files' encoding, when it is not the source's dtype
+    time: Optional[str] = None  # acquisition time a catalog gives (STAC datetime); else parsed from the name
 
     def band_sources(self) -> list[str]:
         """What GDAL opens for each band: the subdataset URI, or the file path."""
@@ -78,7 +80,7 @@ def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
         raise DataError(f"input {spec.source!r}: scenes pattern {spec.scenes!r} matches nothing (looked for {pattern})")
     if spec.scene_list:
         matches = _listed(matches, config_dir / spec.scene_list, spec)
-    return matches
+    return [scene for path in matches for scene in expand_collections(path)]
 
 
 def _listed(matches: list[Path], list_file: Path, spec: InputSpec) -> list[Path]:
@@ -141,6 +143,16 @@ def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
     subdataset = scene_pattern(spec)[1]
     if subdataset is not None:
         return _resolve_subdatasets(path, name, subdataset, spec, sensor)
+    if is_stac_item(path):
+        if spec.band_files is not None or spec.band_indexes is not None:
+            raise DataError(f"{path}: a STAC Item's assets are its band files; band_files/band_indexes do not apply")
+        unknown = sorted(set(spec.assets) - {b.name for b in sensor.bands})
+        if unknown:
+            raise ConfigError(f"input {spec.source!r}: assets names unknown bands {unknown}")
+        item_id, files, when = stac_item_bands(path, bands, dict(spec.assets))
+        return Scene(item_id, path, files, [1] * len(bands), expect_count=1, time=when)
+    if spec.assets:
+        raise DataError(f"{path}: input {spec.source!r} sets assets, but the scene is not a STAC Item (JSON)")
     if is_zarr_store(path):
         if spec.band_files is not None:
             raise DataError(f"{path}: scene of source {sensor.name!r} is a zarr store but the input sets band_files")
