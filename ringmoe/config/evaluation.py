@@ -15,12 +15,15 @@ from ringmoe.core.structured import load_structured
 class EvalTaskConfig:
     """One labelled set. ``dataset``: the adapter (``ringmoe.eval.datasets.ADAPTERS``); ``root``: its folder,
     relative to the config file's directory unless absolute; ``options``: the adapter's keyword arguments
-    (``sensor``, ``kind``, ``tile``, ``band_indexes``, ``change_threshold``, ...); ``name``: the row label."""
+    (``sensor``, ``kind``, ``tile``, ``band_indexes``, ``change_threshold``, ...); ``name``: the row label;
+    ``extra_sources``: directories of source YAMLs (sensors of your own) added to the built-ins, relative like
+    ``root``."""
 
     dataset: str = ""
     root: str = ""
     name: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    extra_sources: list[str] = field(default_factory=list)
 
 
 @dataclass

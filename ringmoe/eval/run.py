@@ -50,12 +50,19 @@ def load_task_data(task: EvalTaskConfig, index: int, config_dir: Path) -> Labell
     if task.dataset not in ADAPTERS:
         raise ConfigError(f"eval.tasks[{index}].dataset {task.dataset!r} not in {sorted(ADAPTERS)}")
     adapter = ADAPTERS[task.dataset]
-    root = Path(task.root) if Path(task.root).is_absolute() else config_dir / task.root
+
+    def resolve(path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else config_dir / path
+
+    root = resolve(task.root)
+    options = dict(task.options)
+    if task.extra_sources:
+        options["extra_sources"] = [str(resolve(folder)) for folder in task.extra_sources]
     try:
-        inspect.signature(adapter).bind(root, **task.options)
+        inspect.signature(adapter).bind(root, **options)
     except TypeError as exc:
         raise ConfigError(f"eval.tasks[{index}].options {dict(task.options)} for {task.dataset!r}: {exc}") from None
-    data = adapter(root, **task.options)
+    data = adapter(root, **options)
     if task.name:
         data.name = task.name
     return data

@@ -171,3 +171,21 @@ def test_packed_netcdf_needs_declared_scaling(tmp_path):
     build(config)
     got, want = read_samples(tmp_path / "out"), _geotiff_samples(tmp_path / "dn")
     assert len(got) == 4 and all(np.array_equal(a["image.npy"], b["image.npy"]) for a, b in zip(got, want))
+
+
+def test_an_eval_task_reads_a_user_sensor_from_its_extra_sources(tmp_path):
+    from ringmoe.config.evaluation import EvalTaskConfig
+    from ringmoe.eval.run import load_task_data
+
+    _sources(tmp_path / "sources", PAN_SOURCE)
+    for label, value in (("dark", 100), ("bright", 1800)):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for k in range(2):
+            write_geotiff(tmp_path / "imgs" / label / f"{k}.tif", np.full((1, 32, 32), value + k, np.uint16))
+    task = EvalTaskConfig("class_folders", "imgs", options={"sensor": "pan_example"}, extra_sources=["sources"])
+    data = load_task_data(task, 0, tmp_path)  # both paths relative to the config's folder, here tmp_path
+    assert data.modality == "optical" and tuple(data.images.shape) == (4, 3, 32, 32)
+    assert sorted({round(float(v), 4) for v in data.images[:, 1].reshape(4, -1)[:, 0]}) == [0.05, 0.0505, 0.9, 0.9005]
+    task.extra_sources = []
+    with pytest.raises(ConfigError, match=r"unknown source 'pan_example'.*extra_sources"):
+        load_task_data(task, 0, tmp_path)

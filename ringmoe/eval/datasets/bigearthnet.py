@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -51,9 +52,13 @@ def footprint(patch_name: str) -> str:
 
 
 def load_bigearthnet(
-    root: Path, sensor: str = "sentinel2_l2a", band_files: str = "{scene}_{band}.tif", limit: int = 0
+    root: Path,
+    sensor: str = "sentinel2_l2a",
+    band_files: str = "{scene}_{band}.tif",
+    limit: int = 0,
+    extra_sources: Sequence[str] = (),
 ) -> LabelledSet:
-    spec_sensor = load_registry()[sensor]
+    spec_sensor = load_registry(extra=extra_sources).get_spec(sensor)
     patches = sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
     if not patches:
         raise DataError(f"{root}: no BigEarthNet patch folders found")

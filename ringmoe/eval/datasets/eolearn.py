@@ -96,9 +96,10 @@ def load_eolearn_lulc(
     min_valid_fraction: float = 0.5,
     sensor: str = "sentinel2_l1c",
     reference_dates: Sequence[int] = REFERENCE_DATES,
+    extra_sources: Sequence[str] = (),
 ) -> LabelledSet:
     """Tiles of every date whose valid, labelled share reaches ``min_valid_fraction``; the rest are counted."""
-    spec = load_registry()[sensor]
+    spec = load_registry(extra=extra_sources).get_spec(sensor)
     patch = _Patch(root, reference_dates)
     images, labels, groups, keys = [], [], [], []
     skipped: Counter = Counter()
@@ -149,10 +150,11 @@ def load_eolearn_change(
     min_valid_fraction: float = 0.5,
     sensor: str = "sentinel2_l1c",
     reference_dates: Sequence[int] = REFERENCE_DATES,
+    extra_sources: Sequence[str] = (),
 ) -> LabelledSet:
     """Every pair of dates (earlier, later), tile by tile; a pixel changed where |NDVI_after - NDVI_before|
     exceeds ``change_threshold``; pixels invalid on either date are not scored."""
-    spec = load_registry()[sensor]
+    spec = load_registry(extra=extra_sources).get_spec(sensor)
     patch = _Patch(root, reference_dates)
     frames = sorted(range(len(patch.dates)), key=lambda f: patch.dates[f])
     read = {f: patch.image(f, spec) for f in frames}

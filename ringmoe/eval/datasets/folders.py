@@ -13,7 +13,7 @@ bands: ``band_indexes: {B02: 2, B03: 3, B04: 4, B08: 8}``. Every scene is its ow
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -49,12 +49,16 @@ def read_split_files(root: Path) -> Optional[dict[str, int]]:
 
 
 def load_class_folders(
-    root: Path, sensor: str, band_indexes: Optional[dict[str, int]] = None, limit_per_class: int = 0
+    root: Path,
+    sensor: str,
+    band_indexes: Optional[dict[str, int]] = None,
+    limit_per_class: int = 0,
+    extra_sources: Sequence[str] = (),
 ) -> LabelledSet:
     """``limit_per_class``: at most this many scenes of each class (of each split, with split files), in file
     name order (split file order), for a quick pass."""
     root = Path(root)
-    spec_sensor = load_registry()[sensor]
+    spec_sensor = load_registry(extra=extra_sources).get_spec(sensor)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name != SPLITS_FOLDER) if root.is_dir() else []
     if len(folders) < 2:
         raise DataError(f"{root}: need one folder per class (at least 2), found {[c.name for c in folders]}")
