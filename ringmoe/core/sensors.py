@@ -154,8 +154,9 @@ def _validate(spec: SensorSpec, path: Path) -> None:
 
 
 def default_sources_dir() -> Path:
-    """``configs/data/sources`` of the repository checkout the package is installed from (editable install)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "data" / "sources"
+    """The built-in sources: ``ringmoe/core/sources``, a link to the checkout's ``configs/data/sources`` in an
+    editable install and a copy of its files in a wheel."""
+    return Path(__file__).resolve().parent / "sources"
 
 
 def load_registry(directory: str | Path | None = None, extra: Sequence[str | Path] = ()) -> SensorRegistry:

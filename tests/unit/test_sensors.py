@@ -1,3 +1,6 @@
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,14 @@ def test_derived_channel_needs_db(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"needs normalization.kind 'db', not 'reflectance'"):
         load_sensor(path)
+
+
+def test_a_wheel_carries_the_builtin_sources(tmp_path: Path) -> None:
+    """A non-editable install reads the registry from the package, not from a checkout it no longer has."""
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    built = subprocess.run([*command, str(repo)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    packaged = sorted(Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("ringmoe/core/sources/"))
+    assert packaged == sorted(path.name for path in default_sources_dir().glob("*.yaml")) and packaged
