@@ -63,7 +63,8 @@ def is_stac_item(path: Path) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _collection(file: str):
+def _collection(file: str, stamp: tuple[int, int]):
+    """Items of a collection by id, parsed once for all its scenes; ``stamp`` (size, mtime) keys out an edit."""
     import pystac  # only for STAC inputs
 
     return {item.id: item for item in pystac.ItemCollection.from_file(file)}
@@ -76,7 +77,8 @@ def _load_item(path: Path):
     try:
         if item_id is None:
             return pystac.Item.from_file(str(file))
-        return _collection(str(file))[item_id]
+        stat = file.stat()
+        return _collection(str(file), (stat.st_size, stat.st_mtime_ns))[item_id]
     except Exception as exc:  # pystac raises many types for a malformed item; the message is what matters
         raise DataError(f"{path}: not a readable STAC Item ({type(exc).__name__}: {exc})") from None
 
