@@ -7,9 +7,14 @@ into a temporary directory. The loader mixes sources by weight, so it does not r
 proportions the shards hold them; each baseline is therefore timed per source (seconds per sample, best of
 ``--repeats``) and charged for the loader's actual sample mix: ``baseline seconds for the mix / loader seconds``.
 
+Everything runs twice, on shards of both encodings (``shard_encoding``): ``source`` (the file's dtype, normalized
+by the loader) and ``float32`` (normalized at ingest).
+
+0. ``shard bytes / source pixel bytes`` per source: what a shard costs per byte of decoded source pixels (the
+   stored raw tile's dtype). Goal <= 1.1 for integer sources.
 1. ``loader / raw tar``: the loader (ranged read, sha256 of every member, npy + JSON decode, dtype/shape/NaN
-   checks, batching) against ``tarfile`` iterating every member of the same shards and reading its bytes.
-   Goal >= 0.7.
+   checks, normalization of source-dtype tiles, batching) against ``tarfile`` iterating every member of the
+   same shards and reading its bytes. Goal >= 0.7.
 2. ``loader / rasterio``: the loader against what it replaces, a per-sample windowed read of the same tile
    from the source rasters plus normalization (``data_pipeline.read`` / ``normalize``), with every scene's
    rasters kept open (the best case for rasterio; a shuffling map-style dataset without a handle cache reopens
@@ -23,6 +28,7 @@ per sample, not disk speed.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -36,15 +42,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python benchmarks/loader.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from data_pipeline.build import build  # noqa: E402
 from data_pipeline.config import load_build_config  # noqa: E402
-from data_pipeline.normalize import normalize  # noqa: E402
 from data_pipeline.plan import make_plan  # noqa: E402
 from data_pipeline.read import open_scene  # noqa: E402
 from ringmoe.config.schema import DataConfig  # noqa: E402
+from ringmoe.core.normalization import normalize  # noqa: E402
 from ringmoe.core.schema import MANIFEST_NAME  # noqa: E402
 from ringmoe.core.sensors import default_sources_dir, load_registry  # noqa: E402
 from ringmoe.data.loader import build_loader  # noqa: E402
@@ -53,8 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_CONFIG = REPO / "configs" / "data" / "demo_build.yaml"
 
 
-def build_shards(out: Path, stride: int):
-    overrides = [f"out_dir={out}", f"tile_stride={stride}", "pairs=[]"]
+def build_shards(out: Path, stride: int, encoding: str):
+    overrides = [f"out_dir={out}", f"tile_stride={stride}", "pairs=[]", f"shard_encoding={encoding}"]
     config = load_build_config(BUILD_CONFIG, overrides)
     build(config, config_dir=BUILD_CONFIG.parent)
     return config, json.loads((out / MANIFEST_NAME).read_text())
@@ -83,6 +90,21 @@ def raw_tar_seconds(root: Path, shards: dict[str, list[str]], repeats: int) -> d
             best = min(best, time.perf_counter() - start)
         per_sample[source] = best / (members / 3)  # image.npy, valid.npy, json per sample
     return per_sample
+
+
+def source_pixel_ratios(root: Path, manifest: dict, shards: dict[str, list[str]]) -> dict[str, tuple[str, float]]:
+    """Per source: the stored tile dtype and shard bytes / decoded source pixel bytes (None if stored float32)."""
+    ratios = {}
+    for source, paths in shards.items():
+        with tarfile.open(root / paths[0]) as tar:
+            members = {info.name.split(".", 1)[1]: tar.extractfile(info).read() for info in tar.getmembers()[:3]}
+        image = np.load(io.BytesIO(members["image.npy"]), allow_pickle=False)
+        if json.loads(members["json"]).get("encoding") != "source":
+            ratios[source] = (f"{image.dtype} (normalized)", float("nan"))
+            continue
+        section = manifest["streams"][source]
+        ratios[source] = (str(image.dtype), section["bytes"] / (section["samples"] * image.nbytes))
+    return ratios
 
 
 def tiles(root: Path, shards: dict[str, list[str]]) -> dict[str, list[tuple[str, int, int]]]:
@@ -152,39 +174,46 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+    results = {}
     with tempfile.TemporaryDirectory(prefix="ringmoe-bench-") as tmp:
-        root = Path(tmp) / "shards"
-        config, manifest = build_shards(root, args.stride)
-        shards = source_shards(manifest)
-        samples = sum(manifest["sources"][s]["samples"] for s in shards)
-        print(f"shards: {sum(map(len, shards.values()))} single-source shards, {samples} samples, "
-              f"{sum(e['bytes'] for e in manifest['shards']) / 2**20:.0f} MiB, tile {config.tile_size} px")  # fmt: skip
-        raw_tar_seconds(root, shards, 1)  # warm the page cache
-        raw = raw_tar_seconds(root, shards, args.repeats)
+        for encoding in ("source", "float32"):
+            root = Path(tmp) / encoding
+            config, manifest = build_shards(root, args.stride, encoding)
+            shards = source_shards(manifest)
+            samples = sum(manifest["sources"][s]["samples"] for s in shards)
+            mib = sum(e["bytes"] for e in manifest["shards"]) / 2**20
+            print(f"{encoding} shards: {sum(map(len, shards.values()))} single-source shards, {samples} samples, "
+                  f"{mib:.1f} MiB, tile {config.tile_size} px")  # fmt: skip
+            raw_tar_seconds(root, shards, 1)  # warm the page cache
+            raw = raw_tar_seconds(root, shards, args.repeats)
+            loaders = {workers: loader_run(root, list(shards), workers, args.batches) for workers in (0, 2)}
+            results[encoding] = (source_pixel_ratios(root, manifest, shards), raw, loaders)
         found = tiles(root, shards)
         warp_open = rasterio_seconds(config, found, args.repeats, reopen=False)
         warp_reopen = rasterio_seconds(config, found, 1, reopen=True)
-
-        loaders = {workers: loader_run(root, list(shards), workers, args.batches) for workers in (0, 2)}
 
     def rate(per_sample: dict[str, float], counts: Counter[str]) -> float:
         """Samples/s of a baseline charged for the loader's sample mix."""
         return sum(counts.values()) / sum(per_sample[s] * c for s, c in counts.items())
 
-    mix = loaders[0][1]
-    baselines = [
-        ("raw tar read (tarfile), same mix", raw, ">= 0.7"),
-        ("rasterio window + normalize", warp_open, ">= 5"),
-        ("  ... reopening rasters per tile", warp_reopen, ""),
-    ]
-    rates = {w: sum(counts.values()) / seconds for w, (seconds, counts) in loaders.items()}
-    print(f"\n{'':36}{'samples/s':>10}   {'loader / baseline':>17}   goal")
-    print(f"{'':36}{'':>10}   {'0 workers':>9}{'2 workers':>10}")
-    for workers, loader_rate in rates.items():
-        print(f"{f'loader, {workers} workers':36}{loader_rate:10.0f}")
-    for name, per_sample, goal in baselines:
-        ratios = [rates[w] / rate(per_sample, loaders[w][1]) for w in rates]
-        print(f"{name:36}{rate(per_sample, mix):10.0f}   {ratios[0]:9.2f}{ratios[1]:10.2f}   {goal}".rstrip())
+    print(f"\n{'shard bytes / source pixel bytes':36}{'stored as':>22}{'ratio':>8}   goal <= 1.1 (integer sources)")
+    for source, (dtype, ratio) in sorted(results["source"][0].items()):
+        print(f"{source:36}{dtype:>22}{ratio:8.3f}")
+    for encoding, (_, raw, loaders) in results.items():
+        mix = loaders[0][1]
+        baselines = [
+            ("raw tar read (tarfile), same mix", raw, ">= 0.7"),
+            ("rasterio window + normalize", warp_open, ">= 5"),
+            ("  ... reopening rasters per tile", warp_reopen, ""),
+        ]
+        rates = {w: sum(counts.values()) / seconds for w, (seconds, counts) in loaders.items()}
+        print(f"\n{encoding + ' shards':36}{'samples/s':>10}   {'loader / baseline':>17}   goal")
+        print(f"{'':36}{'':>10}   {'0 workers':>9}{'2 workers':>10}")
+        for workers, loader_rate in rates.items():
+            print(f"{f'loader, {workers} workers':36}{loader_rate:10.0f}")
+        for name, per_sample, goal in baselines:
+            ratios = [rates[w] / rate(per_sample, loaders[w][1]) for w in rates]
+            print(f"{name:36}{rate(per_sample, mix):10.0f}   {ratios[0]:9.2f}{ratios[1]:10.2f}   {goal}".rstrip())
     print(f"\n(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} CPUs; baselines run in one process)")
 
 

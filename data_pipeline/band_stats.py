@@ -25,9 +25,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from data_pipeline.config import BuildConfig, canonical_hash, config_dict
-from data_pipeline.normalize import channel_names, normalize
 from data_pipeline.read import Scene, open_scene
 from ringmoe.core.errors import DataError
+from ringmoe.core.normalization import channel_names, normalize
 from ringmoe.core.sensors import SensorSpec
 
 STATS_FORMAT_VERSION = 1

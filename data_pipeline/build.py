@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from data_pipeline.config import BuildConfig, canonical_hash, config_dict, load_build_config, validate
 from data_pipeline.manifest import manifest_path, sha256_file, write_json_atomic
-from data_pipeline.normalize import channel_names
 from data_pipeline.plan import PIPELINE_VERSION, PartJob, Plan, StreamPlan, load_registry_for, make_plan
 from data_pipeline.samples import Quarantined, Sample, Skipped, produce
 from data_pipeline.shards import ShardWriter
 from ringmoe.core.errors import ConfigError, DataError
+from ringmoe.core.normalization import channel_names
 from ringmoe.core.schema import MANIFEST_FORMAT_VERSION
 
 log = logging.getLogger(__name__)

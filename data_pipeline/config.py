@@ -21,6 +21,7 @@ import numpy as np
 from data_pipeline.subdatasets import split_uri
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.structured import load_structured, to_dict
+from ringmoe.core.tiles import ENCODINGS, SOURCE_ENCODING
 
 # Acquisition time in a scene name, e.g. S2A_MSIL2A_20170613T101031_87_48 -> 2017-06-13T10:10:31.
 TIME_PATTERN = r"(\d{8}T\d{6})"
@@ -136,6 +137,8 @@ class BuildConfig:
     workers: int = 1  # processes; each builds whole parts
     scenes_per_part: int = 16  # scenes (or pairs / sequences) per unit of parallel, resumable work
     strict: bool = False  # fail on the first bad input instead of quarantining it
+    # source: tiles in the file's own dtype, normalized by the loader; float32: normalized at ingest (4x larger)
+    shard_encoding: str = SOURCE_ENCODING
 
     @property
     def stride(self) -> int:
@@ -167,6 +170,8 @@ def validate(config: BuildConfig, where: str = "<build config>") -> None:
         raise bad("shard_max_samples", f"must be >= 1, got {config.shard_max_samples}")
     if config.shard_max_bytes < 1:
         raise bad("shard_max_bytes", f"must be >= 1, got {config.shard_max_bytes}")
+    if config.shard_encoding not in ENCODINGS:
+        raise bad("shard_encoding", f"{config.shard_encoding!r} not in {ENCODINGS}")
     if config.workers < 1:
         raise bad("workers", f"must be >= 1, got {config.workers}")
     if config.scenes_per_part < 1:

@@ -118,6 +118,7 @@ def make_plan(config: BuildConfig, config_dir: Path, registry: SensorRegistry, o
                     config.min_valid_fraction,
                     _resampling(config, stream),
                     {s.name: standardize[s.name] for s in stream.sensors if s.name in standardize},
+                    config.shard_encoding,
                 ),
                 out_dir=out_dir,
                 max_samples=config.shard_max_samples,

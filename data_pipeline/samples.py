@@ -16,14 +16,15 @@ from typing import Optional, Union
 import numpy as np
 from rasterio.transform import Affine
 
-from data_pipeline.normalize import channel_names, normalize
 from data_pipeline.read import Scene, open_scene
 from data_pipeline.shards import json_bytes, npy_bytes
 from data_pipeline.tiling import tile_geometry, tile_windows
 from data_pipeline.warp import warp_tile
 from ringmoe.core.errors import DataError
+from ringmoe.core.normalization import channel_names, normalize_valid, valid_mask
 from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, sample_key
 from ringmoe.core.sensors import SensorSpec
+from ringmoe.core.tiles import SOURCE_ENCODING, keeps_source, pack_valid, stored_raw
 
 SKIP_LOW_VALID = "low_valid_fraction"
 
@@ -58,15 +59,43 @@ class TileSettings:
     min_valid_fraction: float
     resampling: str = "bilinear"
     standardize: dict[str, list[list[float]]] = field(default_factory=dict)  # source -> [mean, std]
+    encoding: str = SOURCE_ENCODING  # how tiles are stored (ringmoe.core.tiles)
+
+
+def read_window(reader, window, sensor: SensorSpec) -> tuple[np.ndarray, np.ndarray, int]:
+    """Raw bands, bool valid mask (the scene's invalid mask applied) and the count of non-finite raw pixels
+    of one window of a scene on its own grid."""
+    raw = reader.read(window)
+    nonfinite = int(np.count_nonzero(~np.isfinite(raw).all(axis=0)))
+    valid = valid_mask(raw, sensor, reader.file_nodata())
+    invalid = reader.invalid(window)
+    if invalid is not None:
+        valid &= ~invalid
+    return raw, valid, nonfinite
 
 
 def read_normalized(reader, window, sensor: SensorSpec, standardize=None):
-    """Image, valid mask (the scene's invalid mask applied) and the count of non-finite raw pixels of one
-    window of a scene on its own grid (the evaluation adapters read labelled rasters through this too)."""
-    raw = reader.read(window)
-    nonfinite = int(np.count_nonzero(~np.isfinite(raw).all(axis=0)))
-    image, valid = normalize(raw, sensor, reader.file_nodata(), reader.invalid(window), standardize)
-    return image, valid, nonfinite
+    """Image, valid mask and the count of non-finite raw pixels of one window (the evaluation adapters read
+    labelled rasters through this)."""
+    raw, valid, nonfinite = read_window(reader, window, sensor)
+    return normalize_valid(raw, valid, sensor, standardize), valid.astype(np.uint8), nonfinite
+
+
+def tile_members(
+    raw: np.ndarray, valid: np.ndarray, sensor: SensorSpec, tiles: "TileSettings", prefix: str = ""
+) -> tuple[dict[str, bytes], Optional[str]]:
+    """The image and valid members of one tile (``raw`` ``(B, H, W)`` or ``(T, B, H, W)``) as the build's
+    encoding stores them, and the encoding to record in the sample's JSON (None for float32)."""
+    if keeps_source(raw, tiles.encoding):
+        image, mask, encoding = stored_raw(raw, valid), pack_valid(valid), SOURCE_ENCODING
+    else:
+        standardize = tiles.standardize.get(sensor.name)
+        if raw.ndim == 4:
+            image = np.stack([normalize_valid(r, v, sensor, standardize) for r, v in zip(raw, valid)])
+        else:
+            image = normalize_valid(raw, valid, sensor, standardize)
+        mask, encoding = valid.astype(np.uint8), None
+    return {prefix + IMAGE_EXT: npy_bytes(image), prefix + VALID_EXT: npy_bytes(mask)}, encoding
 
 
 @dataclass
@@ -159,7 +188,7 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
     with open_scene(scene, sensor) as reader:
         for window in _windows(reader, tiles, start):
             try:
-                image, valid, nonfinite = read_normalized(reader, window, sensor, tiles.standardize.get(sensor.name))
+                raw, valid, nonfinite = read_window(reader, window, sensor)
             except DataError as exc:
                 failed = True
                 yield Quarantined(str(scene.path), str(exc))
@@ -185,7 +214,10 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
             }
             if getattr(reader, "time", None) is not None:  # one date picked from a time cube (time_index)
                 meta["time"] = reader.time
-            members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
+            members, encoding = tile_members(raw, valid, sensor, tiles)
+            if encoding:
+                meta["encoding"] = encoding
+            members[META_EXT] = json_bytes(meta)
             yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name], nonfinite)
     # A scene with no valid pixel is named, not just counted in skipped tiles (and is fatal under --strict). Only
     # a scene read from its first tile can tell; a build resumed inside the scene read the rest before.
@@ -210,15 +242,13 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
             try:
                 for (scene, sensor, when), reader in zip(group.members, readers):
                     if reader is ref:
-                        image, valid, _ = read_normalized(
-                            ref, window, ref_sensor, tiles.standardize.get(ref_sensor.name)
-                        )
-                    else:
+                        raw, valid, _ = read_window(ref, window, ref_sensor)
+                    else:  # resampled values (float64) are stored normalized
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
-                        image, valid = normalize(raw, sensor, standardize=tiles.standardize.get(sensor.name))
+                        valid = valid_mask(raw, sensor)
                     fractions.append(float(valid.mean()))
-                    members[f"{sensor.name}.{IMAGE_EXT}"] = npy_bytes(image)
-                    members[f"{sensor.name}.{VALID_EXT}"] = npy_bytes(valid)
+                    stored, encoding = tile_members(raw, valid, sensor, tiles, prefix=f"{sensor.name}.")
+                    members.update(stored)
                     parts[sensor.name] = {
                         **_base_meta(sensor),
                         "scene": scene.name,
@@ -226,6 +256,8 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
                         "source_crs": reader.crs,
                         "valid_fraction": fractions[-1],
                     }
+                    if encoding:
+                        parts[sensor.name]["encoding"] = encoding
             except (DataError, ValueError) as exc:
                 yield Quarantined(str(ref_scene.path), f"pair {group.footprint!r}: {exc}")
                 continue
@@ -266,24 +298,22 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
         for window in _windows(ref, tiles, start):
             transform = ref.transform @ Affine.translation(window.col_off, window.row_off)
             try:
-                stats = tiles.standardize.get(sensor.name)
                 if cube:
                     masks = ref.invalid(window)
                     raws = ref.read_sequence(window)
-                    steps = [
-                        normalize(raw, sensor, ref.file_nodata(), None if masks is None else masks[t], stats)
-                        for t, raw in enumerate(raws)
-                    ]
+                    valids = [valid_mask(raw, sensor, ref.file_nodata()) for raw in raws]
+                    if masks is not None:
+                        valids = [ok & ~mask for ok, mask in zip(valids, masks)]
                 else:
-                    steps = [read_normalized(ref, window, sensor, tiles.standardize.get(sensor.name))[:2]]
-                    for reader in readers[1:]:
-                        raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
-                        steps.append(normalize(raw, sensor, standardize=stats))
+                    first, first_valid, _ = read_window(ref, window, sensor)
+                    raws, valids = [first], [first_valid]
+                    for reader in readers[1:]:  # resampled dates make the whole stack float32 (one array)
+                        raws.append(warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling))
+                        valids.append(valid_mask(raws[-1], sensor))
+                raw, valid = np.stack(raws), np.stack(valids)
             except (DataError, ValueError) as exc:
                 yield Quarantined(str(group.dates[0][0].path), f"sequence {group.footprint!r}: {exc}")
                 continue
-            image = np.stack([img for img, _ in steps])
-            valid = np.stack([ok for _, ok in steps])
             fraction = float(valid.mean())
             if fraction < tiles.min_valid_fraction:
                 yield Skipped(SKIP_LOW_VALID)
@@ -302,9 +332,12 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
                 "col": col,
                 "size": [tiles.size, tiles.size],
                 "valid_fraction": fraction,
-                "valid_fraction_per_step": [float(ok.mean()) for _, ok in steps],
+                "valid_fraction_per_step": [float(ok.mean()) for ok in valid],
             }
-            members = {IMAGE_EXT: npy_bytes(image), VALID_EXT: npy_bytes(valid), META_EXT: json_bytes(meta)}
+            members, encoding = tile_members(raw, valid, sensor, tiles)
+            if encoding:
+                meta["encoding"] = encoding
+            members[META_EXT] = json_bytes(meta)
             yield Sample(sample_key(stream, group.footprint, row, col), members, [sensor.name])
     finally:
         for reader in readers:

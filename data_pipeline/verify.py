@@ -23,7 +23,15 @@ import numpy as np
 
 from data_pipeline.manifest import manifest_path, read_manifest, sha256_file
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, check_member_name, expected_members, parse_index
+from ringmoe.core.schema import (
+    IMAGE_EXT,
+    META_EXT,
+    VALID_EXT,
+    check_member_name,
+    expected_members,
+    parse_index,
+)
+from ringmoe.core.tiles import TileDecoder, manifest_decoders, normalized_arrays
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +65,12 @@ def verify(
     bad_shards = set()
     total_bytes = 0
     listed = set()
+    decoders = manifest_decoders(manifest, str(manifest_path(out_dir))) if deep else {}
     for entry in manifest["shards"]:
         path = out_dir / entry["path"]
         listed.add(path.name)
         before = len(problems)
-        _check_shard(path, out_dir / entry["index"], entry, manifest, deep, problem)
+        _check_shard(path, out_dir / entry["index"], entry, manifest, decoders, deep, problem)
         if len(problems) > before:
             bad_shards.add(path.name)
         samples[entry["stream"]] += entry["samples"]
@@ -94,7 +103,9 @@ def verify(
     return report
 
 
-def _check_shard(path: Path, index_path: Path, entry: dict, manifest: dict, deep: bool, problem) -> None:
+def _check_shard(
+    path: Path, index_path: Path, entry: dict, manifest: dict, decoders: dict[str, TileDecoder], deep: bool, problem
+) -> None:
     if not path.is_file():
         return problem(path, "shard listed in the manifest is missing")
     size = path.stat().st_size
@@ -135,7 +146,8 @@ def _check_shard(path: Path, index_path: Path, entry: dict, manifest: dict, deep
             problem(path, "member offsets or sizes differ from the index", key)
             continue
         if deep:
-            reason = _check_sample(entry, members, {ext: m[2] for ext, m in tar_members.items()}, channels)
+            data = {ext: m[2] for ext, m in tar_members.items()}
+            reason = _check_sample(entry, members, data, channels, decoders)
             if reason:
                 problem(path, reason, key)
 
@@ -161,7 +173,9 @@ def _tar_members(path: Path, with_data: bool) -> dict[str, dict[str, tuple[int, 
     return found
 
 
-def _check_sample(entry: dict, members: dict, data: dict[str, bytes], channels: Any) -> str:
+def _check_sample(
+    entry: dict, members: dict, data: dict[str, bytes], channels: Any, decoders: dict[str, TileDecoder]
+) -> str:
     """Why a sample is bad, or "" if it is fine."""
     for ext, (_, _, digest) in members.items():
         if hashlib.sha256(data[ext]).hexdigest() != digest:
@@ -176,13 +190,17 @@ def _check_sample(entry: dict, members: dict, data: dict[str, bytes], channels: 
     kind = entry["kind"]
     if meta.get("kind") != kind:
         return f"metadata kind {meta.get('kind')!r}, shard kind {kind!r}"
+    try:
+        arrays = normalized_arrays(arrays, meta, decoders)
+    except (ValueError, KeyError) as exc:
+        return f"does not decode ({exc})"
     if kind == "pair":
-        groups = {
+        decoded = {
             s: (arrays[f"{s}.{IMAGE_EXT}"], arrays[f"{s}.{VALID_EXT}"], channels.get(s)) for s in entry["sources"]
         }
     else:
-        groups = {"": (arrays[IMAGE_EXT], arrays[VALID_EXT], channels)}
-    for name, (image, valid, want) in groups.items():
+        decoded = {"": (arrays[IMAGE_EXT], arrays[VALID_EXT], channels)}
+    for name, (image, valid, want) in decoded.items():
         lead = 1 if kind == "sequence" else 0
         label = f"{name} image" if name else "image"
         if image.dtype != np.float32 or image.ndim != 3 + lead or (want is not None and image.shape[lead] != want):

@@ -17,7 +17,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from data_pipeline.normalize import valid_mask
+from ringmoe.core.normalization import valid_mask
 from ringmoe.core.sensors import SensorSpec
 
 # Source pixels read around the footprint so that the resampling kernel has its neighbours at the edges.

@@ -7,10 +7,13 @@ A dataset is a directory (or URL) holding ``manifest.json`` and webdataset tar s
 - ``kind="single"``: ``image.npy`` float32 (C, H, W) normalized model input in the modality group's channel
   order; ``valid.npy`` uint8 (H, W), 1 where every band held valid data (nodata, NaN, clouds are 0);
   ``json`` metadata: source, modality, scene, crs, bounds, transform, row/col, band and channel names.
+  A tile whose JSON says ``"encoding": "source"`` holds the raw bands (B, H, W) in the file's dtype and a
+  bit-packed mask instead; the reader normalizes it (``ringmoe.core.tiles``). Format 3 writes these; format 2
+  datasets (all float32) are still read.
 - ``kind="pair"`` (co-registered sensors, one footprint on one grid): ``<source>.image.npy`` and
   ``<source>.valid.npy`` for each source, and ``json`` with a ``parts`` entry per source.
-- ``kind="sequence"`` (multi-date, one footprint): ``image.npy`` float32 (T, C, H, W), ``valid.npy`` uint8
-  (T, H, W), ``json`` with ``timestamps`` (ISO 8601, one per step, ascending).
+- ``kind="sequence"`` (multi-date, one footprint): ``image.npy`` float32 (T, C, H, W) (source-encoded:
+  (T, B, H, W)), ``valid.npy`` uint8 (T, H, W), ``json`` with ``timestamps`` (ISO 8601, one per step, ascending).
 
 Only ``.npy`` (loaded with ``allow_pickle=False``) and ``.json`` members exist; nothing is ever unpickled.
 
@@ -34,7 +37,8 @@ from typing import Any
 from ringmoe.core.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT_VERSION = 2
+MANIFEST_FORMAT_VERSION = 3  # 3: tiles may be source-encoded (ringmoe.core.tiles)
+READABLE_FORMAT_VERSIONS = (2, 3)  # 2: every tile float32, still read
 INDEX_SUFFIX = ".idx.json"
 IMAGE_EXT = "image.npy"
 VALID_EXT = "valid.npy"
@@ -75,9 +79,9 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
         raise DataError(f"{where}: manifest has no 'shards' list")
     version = manifest.get("format_version")
-    if version != MANIFEST_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise DataError(
-            f"{where}: format_version {version!r}, this reader understands {MANIFEST_FORMAT_VERSION} "
+            f"{where}: format_version {version!r}, this reader understands {READABLE_FORMAT_VERSIONS} "
             "(rebuild the dataset with this version of `ringmoe-data build`)"
         )
     return manifest
@@ -89,8 +93,8 @@ def parse_index(data: bytes, where: str) -> list[dict[str, Any]]:
         index = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{where}: shard index is not valid JSON ({exc})") from None
-    if not isinstance(index, dict) or index.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise DataError(f"{where}: not a format {MANIFEST_FORMAT_VERSION} shard index")
+    if not isinstance(index, dict) or index.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        raise DataError(f"{where}: not a shard index of format {READABLE_FORMAT_VERSIONS}")
     samples = index.get("samples")
     if not isinstance(samples, list) or not all(isinstance(s, dict) and "members" in s for s in samples):
         raise DataError(f"{where}: shard index has no valid 'samples' list")

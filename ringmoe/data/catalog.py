@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.schema import MANIFEST_NAME, parse_manifest, read_manifest
 from ringmoe.core.sensors import SensorRegistry, load_registry, registry_from_records
+from ringmoe.core.tiles import TileDecoder, tile_decoders
 from ringmoe.data.store import LocalStore, Store, open_store
 
 # Relative names only: no absolute path, no '..' or hidden component, nothing a shell would interpret.
@@ -66,6 +67,8 @@ class Catalog:
     sources: dict[str, SourceInfo]
     # Identifies the data the sample order is computed from; a loader state only resumes on equal data.
     fingerprint: dict[str, str]
+    # Per sensor, how its source-encoded tiles become model input (the manifest's spec and statistics).
+    decoders: dict[str, TileDecoder] = field(default_factory=dict)
 
     def by_modality(self, modality: str) -> list[SourceInfo]:
         return [s for name, s in sorted(self.sources.items()) if s.modality == modality]
@@ -175,7 +178,7 @@ def _catalog(manifest: dict[str, Any], where: str, modalities: list[str], places
             kind_of[source] = entry["kind"]
             used.append([shard.path, shard.samples, entry.get("sha256"), shard.index_sha256])
     sources = {}
-    sensors = manifest_sensors(manifest, where) if places else None
+    sensors = manifest_sensors(manifest, where)
     for name, found in shards.items():
         section = streams.get(name)
         if not isinstance(section, dict):
@@ -191,7 +194,8 @@ def _catalog(manifest: dict[str, Any], where: str, modalities: list[str], places
     if places:
         if not sources:
             raise DataError(f"{where}: no pair or sequence stream holds any of the modalities {modalities}")
-        return Catalog(where, _field(manifest, "tile_size", int, where), sources, _fingerprint(manifest, used, sources))
+        tile = _field(manifest, "tile_size", int, where)
+        return Catalog(where, tile, sources, _fingerprint(manifest, used, sources), tile_decoders(manifest, sensors))
     missing = [m for m in modalities if not any(s.modality == m for s in sources.values())]
     if missing:
         raise DataError(f"{where}: no samples for modalities {missing} (data.modalities asks for them)")
@@ -200,7 +204,7 @@ def _catalog(manifest: dict[str, Any], where: str, modalities: list[str], places
         if len(set(channels.values())) > 1:
             raise DataError(f"{where}: sources of modality {modality!r} disagree on channel count: {channels}")
     tile = _field(manifest, "tile_size", int, where)
-    return Catalog(where, tile, sources, _fingerprint(manifest, used, sources))
+    return Catalog(where, tile, sources, _fingerprint(manifest, used, sources), tile_decoders(manifest, sensors))
 
 
 def _fingerprint(manifest: dict[str, Any], used: list, sources: dict[str, SourceInfo]) -> dict[str, str]:

@@ -13,10 +13,12 @@ import json
 import math
 import re
 import sys
+from typing import Any, Optional
 
 import numpy as np
 
-from ringmoe.core.schema import IMAGE_EXT, META_EXT
+from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT
+from ringmoe.core.tiles import SOURCE_ENCODING, TileDecoder
 
 # Problem categories, as counted in ShardLoader.report().
 MISSING_SHARD = "missing shard"
@@ -48,32 +50,74 @@ def check_sha256(ext: str, data: bytes | memoryview, expected: str) -> None:
         raise BadSample(CHECKSUM, f"member {ext!r} has sha256 {actual[:12]}..., the index says {expected[:12]}...")
 
 
-# The header np.save writes for a C-order little-endian float32 array (format 1.0): parsed by this regex
+# The header np.save writes for a C-order array of a plain numeric dtype (format 1.0): parsed by this regex
 # instead of numpy's ast-based parser, which costs as much as the rest of decoding a tile. Anything else takes
 # numpy's path.
-_F32_HEADER = re.compile(
-    rb"\x93NUMPY\x01\x00(..)\{'descr': '<f4', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n", re.S
+_NPY_HEADER = re.compile(
+    rb"\x93NUMPY\x01\x00(..)\{'descr': '([<|][fuic][1248])', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n",
+    re.S,
 )
 
 
-def _read_npy(data: bytes | memoryview) -> np.ndarray:
-    match = _F32_HEADER.match(data)
+def read_npy(data: bytes | memoryview) -> np.ndarray:
+    """A ``.npy`` member as an array (read-only when it shares ``data``'s memory); never unpickles."""
+    match = _NPY_HEADER.match(data)
     if match and match.end() == 10 + int.from_bytes(match.group(1), "little") and sys.byteorder == "little":
-        shape = tuple(int(n) for n in match.group(2).split(b",") if n.strip())
-        if len(data) - match.end() != 4 * math.prod(shape):
-            raise ValueError(f"{len(data) - match.end()} data bytes for float32 shape {shape}")
-        return np.frombuffer(data, dtype=np.float32, offset=match.end()).reshape(shape)
+        dtype = np.dtype(match.group(2).decode())
+        shape = tuple(int(n) for n in match.group(3).split(b",") if n.strip())
+        if len(data) - match.end() != dtype.itemsize * math.prod(shape):
+            raise ValueError(f"{len(data) - match.end()} data bytes for {dtype} shape {shape}")
+        return np.frombuffer(data, dtype=dtype, offset=match.end()).reshape(shape)
     # read_array reads the .npy format only: no .npz dispatch, and object arrays (pickles) are refused.
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_image(data: bytes | memoryview, channels: int, tile: int, steps: bool = False) -> np.ndarray:
-    """The ``image.npy`` member as float32 ``(channels, tile, tile)`` (``(T, channels, tile, tile)``, T >= 1,
-    with ``steps``) with only finite values (read-only when it shares ``data``'s memory)."""
+def _npy(data: bytes | memoryview, ext: str) -> np.ndarray:
     try:
-        image = _read_npy(data)
+        return read_npy(data)
     except (ValueError, OSError, EOFError) as exc:
-        raise BadSample(BAD_NPY, f"{IMAGE_EXT} does not decode as .npy without pickle ({exc})") from None
+        raise BadSample(BAD_NPY, f"{ext} does not decode as .npy without pickle ({exc})") from None
+
+
+def decode_image(data: bytes | memoryview, channels: int, tile: int, steps: bool = False) -> np.ndarray:
+    """A float32-encoded ``image.npy`` member, checked by ``check_image``."""
+    return check_image(_npy(data, IMAGE_EXT), channels, tile, steps)
+
+
+def decode_tile(
+    data: dict[str, bytes | memoryview],
+    part: str,
+    encoding: Any,
+    decoder: Optional[TileDecoder],
+    channels: int,
+    tile: int,
+    steps: bool = False,
+) -> np.ndarray:
+    """The model input of one tile (``part`` is a pair part's member prefix, "" otherwise) in either encoding
+    (``ringmoe.core.tiles``), checked by ``check_image``."""
+    image_ext, valid_ext = part + IMAGE_EXT, part + VALID_EXT
+    for ext in (image_ext, valid_ext) if encoding is not None else (image_ext,):
+        if ext not in data:
+            raise BadSample(MISSING_MEMBER, f"the sample has no {ext} member")
+    if encoding is None:
+        return decode_image(data[image_ext], channels, tile, steps)
+    if encoding != SOURCE_ENCODING:
+        raise BadSample(BAD_JSON, f"{part}{META_EXT} names an unknown tile encoding {encoding!r}")
+    if decoder is None:
+        raise BadSample(BAD_JSON, f"{part}tile is source-encoded, but the manifest records no sensor spec for it")
+    raw, packed = _npy(data[image_ext], image_ext), _npy(data[valid_ext], valid_ext)
+    if raw.dtype.kind in "fc" and not np.isfinite(raw).all():  # clipping would hide it; the ingest writes none
+        raise BadSample(NON_FINITE, f"{image_ext} has {int(raw.size - np.isfinite(raw).sum())} NaN/inf value(s)")
+    try:
+        image = decoder.image(raw, packed)
+    except ValueError as exc:
+        raise BadSample(BAD_IMAGE, f"{image_ext}: {exc}") from None
+    return check_image(image, channels, tile, steps)
+
+
+def check_image(image: np.ndarray, channels: int, tile: int, steps: bool = False) -> np.ndarray:
+    """``image`` if it is float32 ``(channels, tile, tile)`` (``(T, channels, tile, tile)``, T >= 1, with
+    ``steps``) with only finite values."""
     expected = ("T", channels, tile, tile) if steps else (channels, tile, tile)
     shape_ok = image.shape[-3:] == (channels, tile, tile) and image.ndim == len(expected) and image.shape[0] >= 1
     if image.dtype != np.float32 or not shape_ok:

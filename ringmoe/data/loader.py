@@ -141,7 +141,9 @@ class ShardStream(IterableDataset):
         if self._reader is None or self._reader_pid != os.getpid():
             channels = {name: source.channels for name, source in self.catalog.sources.items()}
             store = open_store(self.config.shards)
-            self._reader = ShardReader(store, channels, self.catalog.tile_size, self.config.shard_cache)
+            self._reader = ShardReader(
+                store, channels, self.catalog.tile_size, self.config.shard_cache, self.catalog.decoders
+            )
             self._reader_pid = os.getpid()
         return self._reader
 

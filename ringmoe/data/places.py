@@ -16,9 +16,9 @@ import torch
 from rasterio.warp import transform as warp_points
 
 from ringmoe.core.batch import SequenceBatch
-from ringmoe.core.schema import IMAGE_EXT
+from ringmoe.core.tiles import TileDecoder
 from ringmoe.data.catalog import PLACE, Catalog, SourceInfo, load_place_catalog
-from ringmoe.data.checks import BAD_JSON, BadSample, decode_image
+from ringmoe.data.checks import BAD_JSON, BadSample, decode_tile
 from ringmoe.data.loader import ShardStream
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -45,7 +45,7 @@ def tile_lon_lat(meta: dict) -> tuple[float, float]:
 
 
 def place_dates(
-    source: SourceInfo, data: dict, meta: dict, tile: int, min_valid: float
+    source: SourceInfo, data: dict, meta: dict, tile: int, min_valid: float, decoders: dict[str, TileDecoder]
 ) -> dict[str, list[tuple[np.ndarray, float, bool]]]:
     """Per modality the (image, day, usable) of each date one sample holds, in time order."""
     dates: dict[str, list[tuple[np.ndarray, float, bool]]] = {}
@@ -53,12 +53,14 @@ def place_dates(
         if source.kind == "pair":
             for part in source.parts:
                 info = meta["parts"][part.source]
-                image = decode_image(data[f"{part.source}.{IMAGE_EXT}"], part.channels, tile)
+                decoder = decoders.get(part.source)
+                image = decode_tile(data, f"{part.source}.", info.get("encoding"), decoder, part.channels, tile)
                 entry = (image, days_since_epoch(info["time"]), float(info["valid_fraction"]) >= min_valid)
                 dates.setdefault(part.modality, []).append(entry)
         else:
             (part,) = source.parts
-            stack = decode_image(data[IMAGE_EXT], part.channels, tile, steps=True)
+            decoder = decoders.get(part.source)
+            stack = decode_tile(data, "", meta.get("encoding"), decoder, part.channels, tile, steps=True)
             stamps, fractions = meta["timestamps"], meta["valid_fraction_per_step"]
             if not len(stamps) == len(fractions) == len(stack):
                 raise ValueError(f"{len(stack)} steps, {len(stamps)} timestamps, {len(fractions)} valid fractions")
@@ -114,7 +116,7 @@ class PlaceStream(ShardStream):
                     images[modality][slot], present[modality][slot], days[modality][slot] = 0.0, False, 0.0
                 source = self.catalog.sources[shard.source]
                 key, data, meta = reader.read_checked(shard, index, None)
-                dates = place_dates(source, data, meta, tile, config.min_date_valid_fraction)
+                dates = place_dates(source, data, meta, tile, config.min_date_valid_fraction, self.catalog.decoders)
                 location[slot] = torch.tensor(tile_lon_lat(meta), dtype=torch.float64)
                 for modality in wanted:
                     entries = dates.get(modality, [])

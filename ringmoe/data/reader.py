@@ -17,6 +17,7 @@ import numpy as np
 
 from ringmoe.core.errors import DataError
 from ringmoe.core.schema import IMAGE_EXT, META_EXT, parse_index, read_shard_members
+from ringmoe.core.tiles import TileDecoder
 from ringmoe.data.catalog import ShardInfo
 from ringmoe.data.checks import (
     BAD_INDEX,
@@ -27,8 +28,8 @@ from ringmoe.data.checks import (
     BadSample,
     BadShard,
     check_sha256,
-    decode_image,
     decode_meta,
+    decode_tile,
 )
 from ringmoe.data.store import Store
 
@@ -65,9 +66,17 @@ class ShardReader:
     """One worker's reader: ``read_into(shard, i, out)`` checks sample ``i`` and copies its image into ``out``,
     or raises ``BadSample`` saying what is wrong (``out`` is then left as it was)."""
 
-    def __init__(self, store: Store, channels: dict[str, int], tile: int, shard_cache: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        channels: dict[str, int],
+        tile: int,
+        shard_cache: int,
+        decoders: dict[str, TileDecoder] | None = None,
+    ) -> None:
         self.store = store
         self.channels = channels  # per source
+        self.decoders = decoders or {}  # per sensor, for source-encoded tiles
         self.tile = tile
         self.shard_cache = shard_cache
         self._indexes: OrderedDict[str, list[Entry | BadSample]] = OrderedDict()
@@ -84,11 +93,11 @@ class ShardReader:
 
     def read_into(self, shard: ShardInfo, i: int, out: np.ndarray) -> str:
         """Sample ``i``'s key; its image is copied into ``out`` (float32 ``(C, H, W)``)."""
-        key, data, _ = self.read_checked(shard, i, shard.source)
-        if IMAGE_EXT not in data:
-            raise BadSample(MISSING_MEMBER, f"sample {key} has no {IMAGE_EXT} member")
-        # The image may view the store's read buffer: copy it out before the next read.
-        np.copyto(out, decode_image(data[IMAGE_EXT], self.channels[shard.source], self.tile))
+        key, data, meta = self.read_checked(shard, i, shard.source)
+        decoder = self.decoders.get(shard.source)
+        image = decode_tile(data, "", meta.get("encoding"), decoder, self.channels[shard.source], self.tile)
+        # A float32 image may view the store's read buffer: copy it out before the next read.
+        np.copyto(out, image)
         return key
 
     def read_checked(

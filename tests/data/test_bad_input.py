@@ -21,7 +21,7 @@ from ringmoe.config.schema import DataConfig
 from ringmoe.core.errors import DataError
 from ringmoe.core.schema import IMAGE_EXT, read_shard_members
 from ringmoe.data.loader import build_loader
-from tests.data.helpers import copy_dataset, flat_keys, index_samples, manifest, source_keys
+from tests.data.helpers import DEMO_CONFIG, copy_dataset, flat_keys, index_samples, manifest, source_keys
 
 SHARD = "capella_quadpol-00000-00000.tar"
 BATCHES = 6  # of 3 samples: 18 positions, two epochs of the 9-sample source
@@ -35,6 +35,16 @@ def config(root: Path | str, **overrides) -> DataConfig:
 @pytest.fixture
 def dataset(small_shards: Path, tmp_path: Path) -> Path:
     return copy_dataset(small_shards, tmp_path / "ds")
+
+
+@pytest.fixture
+def float32_dataset(tmp_path: Path) -> Path:
+    """The capella source built with normalized float32 tiles (every dataset before source-dtype shards)."""
+    from data_pipeline.build import build_from_file
+
+    out = tmp_path / "f32"
+    build_from_file(DEMO_CONFIG, [f"out_dir={out}", "shard_max_samples=8", "shard_encoding=float32"])
+    return out
 
 
 def run(cfg: DataConfig) -> tuple[list[str], dict]:
@@ -120,8 +130,14 @@ def test_non_finite_pixel(dataset: Path, value: float) -> None:
 
 def test_wrong_channel_count(dataset: Path) -> None:
     key = index_samples(dataset, SHARD)[5]["key"]
-    rewrite_shard(dataset, key, npy_bytes(original_image(dataset, key)[:6]))
-    check_quarantined(dataset, {key}, "bad image", r"float32 \(6, 64, 64\), expected float32 \(8, 64, 64\)")
+    rewrite_shard(dataset, key, npy_bytes(original_image(dataset, key)[:3]))  # 3 of the 4 stored complex bands
+    check_quarantined(dataset, {key}, "bad image", r"complex64 \(3, 64, 64\), expected 4 bands")
+
+
+def test_wrong_channel_count_of_a_float32_tile(float32_dataset: Path) -> None:
+    key = index_samples(float32_dataset, SHARD)[5]["key"]
+    rewrite_shard(float32_dataset, key, npy_bytes(original_image(float32_dataset, key)[:6]))
+    check_quarantined(float32_dataset, {key}, "bad image", r"float32 \(6, 64, 64\), expected float32 \(8, 64, 64\)")
 
 
 def test_pickled_npy_is_never_unpickled(dataset: Path) -> None:
@@ -142,7 +158,7 @@ def test_missing_shard(dataset: Path) -> None:
 def test_index_not_matching_the_manifest(dataset: Path) -> None:
     index = dataset / f"{SHARD}.idx.json"
     bad = {s["key"] for s in index_samples(dataset, SHARD)}
-    index.write_text(index.read_text().replace('"format_version":2', '"format_version": 2'))
+    index.write_text(index.read_text().replace('"format_version":3', '"format_version": 3'))
     check_quarantined(dataset, bad, "bad index", "does not match its sha256 in the manifest")
 
 

@@ -16,6 +16,7 @@ from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import MODALITY_CHANNELS
+from ringmoe.core.tiles import manifest_decoders, normalized_arrays
 from ringmoe.data.loader import ShardLoader, ShardStream, build_loader
 from tests.data.helpers import copy_dataset, flat_keys, manifest, same_batches, take
 
@@ -48,17 +49,20 @@ def test_a_modality_batch_size_replaces_the_default_for_that_modality(demo_shard
 
 
 def test_images_are_the_shard_members(small_shards: Path) -> None:
-    """Ranged reads at the index offsets return exactly the image.npy the tar holds under each key."""
+    """Ranged reads at the index offsets return exactly the tile the tar holds under each key, normalized from
+    its source dtype as the manifest's sensor spec says."""
     batch = take(config(small_shards, batch_size_per_modality=8), 1)[0]
-    members = {}
+    members: dict[str, dict] = {}
     for shard in small_shards.glob("*.tar"):
         with tarfile.open(shard) as tar:
             for info in tar:
-                if info.name.endswith(".image.npy"):
-                    members[info.name.split(".")[0]] = tar.extractfile(info).read()
+                key, _, ext = info.name.partition(".")
+                data = tar.extractfile(info).read()
+                members.setdefault(key, {})[ext] = json.loads(data) if ext == "json" else np.load(io.BytesIO(data))
+    decoders = manifest_decoders(json.loads((small_shards / "manifest.json").read_text()))
     for modality in MODALITIES:
         for key, image in zip(batch.keys[modality], batch.images[modality]):
-            expected = np.load(io.BytesIO(members[key]), allow_pickle=False)
+            expected = normalized_arrays(members[key], members[key]["json"], decoders)["image.npy"]
             assert np.array_equal(image.numpy(), expected), key
 
 

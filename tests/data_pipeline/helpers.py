@@ -13,6 +13,8 @@ import rasterio
 import zarr
 from rasterio.transform import Affine, from_bounds
 
+from ringmoe.core.tiles import manifest_decoders, normalized_arrays
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "demo_data"
 DEMO_CONFIG = REPO / "configs" / "data" / "demo_build.yaml"
@@ -112,11 +114,13 @@ def eolearn_reference(real_pack: Path) -> tuple[np.ndarray, np.ndarray, list[str
     return scenes[order], clouds[dates], [stamps[i] for i in dates]
 
 
-def read_samples(out_dir: Path, stream: str | None = None) -> list[dict]:
+def read_samples(out_dir: Path, stream: str | None = None, stored: bool = False) -> list[dict]:
     """Every sample of a built dataset (of one stream, if given) as ``{ext: array or metadata}``, in shard order.
 
-    Reads the tars directly, so a test sees exactly the bytes the build wrote."""
+    Reads the tars directly, so a test sees exactly the bytes the build wrote; source-encoded tiles are
+    normalized as the loader does (``ringmoe.core.tiles``) unless ``stored``."""
     manifest = json.loads((out_dir / "manifest.json").read_text())
+    decoders = manifest_decoders(manifest)
     samples: dict[str, dict] = {}
     for entry in manifest["shards"]:
         if stream is not None and entry["stream"] != stream:
@@ -127,4 +131,8 @@ def read_samples(out_dir: Path, stream: str | None = None) -> list[dict]:
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 value = json.loads(data) if ext == "json" else np.load(io.BytesIO(data), allow_pickle=False)
                 samples.setdefault(key, {})[ext] = value
-    return list(samples.values())
+    for key, sample in samples.items():
+        sample["__key__"] = key
+    if stored:
+        return list(samples.values())
+    return [normalized_arrays(sample, sample["json"], decoders) for sample in samples.values()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import tarfile
@@ -22,6 +21,7 @@ from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import DataError
 from ringmoe.core.files import current_umask
+from ringmoe.core.tiles import manifest_decoders, normalized_arrays
 from tests.data_pipeline.helpers import DEMO, DEMO_CONFIG, REPO, SHARED_REAL, read_samples, write_geotiff
 
 SHARD_KEYS = {"path", "index", "index_sha256", "sha256", "bytes", "samples", "kind", "stream", "modality", "sources"}
@@ -33,7 +33,7 @@ def _manifest(out_dir: Path) -> dict:
 
 def test_demo_build_covers_every_modality(demo_build):
     manifest = _manifest(demo_build)
-    assert manifest["format_version"] == 2 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
+    assert manifest["format_version"] == 3 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
     assert manifest["config_hash"] == canonical_hash(manifest["config"])
     assert set(manifest["modalities"]) == set(MODALITIES)
     assert all(n >= 8 for n in manifest["modalities"].values())
@@ -74,6 +74,11 @@ def test_shards_follow_the_sample_schema(demo_build):
     assert [s["__key__"] for s in samples] == [i["key"] for i in index]
     sample = samples[0]
     image, valid, meta = sample["image.npy"], sample["valid.npy"], sample["json"]
+    # Stored in the source's dtype (complex64 HH, HV, VH, VV) with a bit-packed mask; normalized on reading.
+    assert meta["encoding"] == "source" and image.dtype == np.complex64 and image.shape == (4, 64, 64)
+    assert valid.dtype == np.uint8 and valid.shape == (64, 8)
+    decoded = normalized_arrays(sample, meta, manifest_decoders(manifest))
+    image, valid = decoded["image.npy"], decoded["valid.npy"]
     assert image.dtype == np.float32 and image.shape == (8, 64, 64) and np.isfinite(image).all()
     assert valid.dtype == np.uint8 and valid.shape == (64, 64)
     assert meta["crs"] == "EPSG:32631" and meta["channels"] == 8 and meta["bands"] == ["HH", "HV", "VH", "VV"]
@@ -156,15 +161,15 @@ def test_crash_leaves_no_tmp_and_no_manifest_and_resume_finishes_byte_identical(
     reference = build(config, config_dir=DEMO_CONFIG.parent)
     shutil.rmtree(out_dir)
     calls = {"n": 0}
-    real_normalize = samples_module.normalize
+    real_read = samples_module.read_window
 
-    def failing_normalize(*args, **kwargs):
+    def failing_read(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 150:  # in the middle of a shard of landsat7_etm (the last source)
             raise OSError("disk on fire")
-        return real_normalize(*args, **kwargs)
+        return real_read(*args, **kwargs)
 
-    monkeypatch.setattr(samples_module, "normalize", failing_normalize)
+    monkeypatch.setattr(samples_module, "read_window", failing_read)
     with pytest.raises(OSError, match="disk on fire"):
         build(config, config_dir=DEMO_CONFIG.parent)
     assert not list(out_dir.glob("*.tmp")) and not list(out_dir.glob(".*.tmp"))
@@ -172,7 +177,7 @@ def test_crash_leaves_no_tmp_and_no_manifest_and_resume_finishes_byte_identical(
     finished = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("landsat7_etm-*.tar")}
     assert 0 < len(finished) < sum(e["stream"] == "landsat7_etm" for e in reference["shards"])
 
-    monkeypatch.setattr(samples_module, "normalize", real_normalize)
+    monkeypatch.setattr(samples_module, "read_window", real_read)
     resumed = build(config, config_dir=DEMO_CONFIG.parent, resume=True)
     assert resumed["shards"] == reference["shards"]  # same bytes, same sha256 as the uninterrupted build
     assert {n: (out_dir / n).stat().st_mtime_ns for n in finished} == finished  # finished shards kept
@@ -208,11 +213,8 @@ def test_real_nan_masked_sar(real_pack, tmp_path):
     )
     manifest = build(config)
     assert manifest["skipped"]["low_valid_fraction"] > 0 and manifest["samples"] > 0
-    entry = manifest["shards"][0]
-    with tarfile.open(tmp_path / "out" / entry["path"]) as tar:
-        arrays = {m.name: np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar if m.name.endswith(".npy")}
-    images = [a for name, a in arrays.items() if name.endswith("image.npy")]
-    masks = [a for name, a in arrays.items() if name.endswith("valid.npy")]
+    samples = read_samples(tmp_path / "out")
+    images, masks = [s["image.npy"] for s in samples], [s["valid.npy"] for s in samples]
     assert all(np.isfinite(a).all() for a in images)
     assert any((m == 0).any() for m in masks)  # kept tiles still carry masked pixels
     assert all(((img[:, m == 0]) == 0).all() for img, m in zip(images, masks))

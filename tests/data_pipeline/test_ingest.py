@@ -10,9 +10,9 @@ import rasterio
 from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec
-from data_pipeline.normalize import channel_names, normalize
 from data_pipeline.read import SceneReader, resolve_scene
 from data_pipeline.tiling import tile_count, tile_geometry, tile_windows
+from ringmoe.core.normalization import channel_names, normalize
 from tests.data_pipeline.helpers import DEMO, S2_SCENE, write_geotiff
 
 WINDOW = Window(0, 0, 64, 64)

@@ -15,6 +15,7 @@ import rasterio
 from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, InputSpec, PairSpec, SequenceSpec
 from data_pipeline.verify import verify
+from ringmoe.core.tiles import manifest_decoders, normalized_arrays
 from tests.data_pipeline.helpers import DEMO, write_eolearn_dates
 
 S2_INPUT = InputSpec("sentinel2_l2a", str(DEMO / "sentinel2_l2a_bigearthnet" / "*"), band_files="{scene}_{band}.tif")
@@ -22,7 +23,8 @@ S1_INPUT = InputSpec("sentinel1_grd", str(DEMO / "sentinel1_grd_bigearthnet" / "
 
 
 def _samples(out_dir: Path, entry: dict) -> dict[str, dict]:
-    """{key: {ext: decoded}} of one shard."""
+    """{key: {ext: decoded}} of one shard, source-encoded tiles normalized as the loader does."""
+    decoders = manifest_decoders(json.loads((out_dir / "manifest.json").read_text()))
     found: dict[str, dict] = {}
     with tarfile.open(out_dir / entry["path"]) as tar:
         for member in tar:
@@ -30,7 +32,7 @@ def _samples(out_dir: Path, entry: dict) -> dict[str, dict]:
             data = tar.extractfile(member).read()
             value = json.loads(data) if ext == "json" else np.load(io.BytesIO(data), allow_pickle=False)
             found.setdefault(key, {})[ext] = value
-    return found
+    return {key: normalized_arrays(sample, sample["json"], decoders) for key, sample in found.items()}
 
 
 def test_bigearthnet_s1_s2_pairs_match_by_footprint(tmp_path):

@@ -3,7 +3,6 @@ masks and reduced-resolution reads, on real rasters and the real eo-learn Sentin
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -18,25 +17,28 @@ from data_pipeline.band_stats import ChannelStats, compute_stats
 from data_pipeline.build import build
 from data_pipeline.cli import main
 from data_pipeline.config import BuildConfig, InputSpec, SequenceSpec
-from data_pipeline.normalize import normalize
 from data_pipeline.verify import verify
 from ringmoe.core.errors import ConfigError, DataError
+from ringmoe.core.normalization import normalize
 from ringmoe.core.sensors import load_registry
-from tests.data_pipeline.helpers import EOLEARN, L1C_BANDS, S2_SCENE, write_eolearn_cube, write_geotiff
+from tests.data_pipeline.helpers import EOLEARN, L1C_BANDS, S2_SCENE, read_samples, write_eolearn_cube, write_geotiff
 
 S2_INPUT = InputSpec("sentinel2_l2a", str(S2_SCENE), band_files="{scene}_{band}.tif")
 
 
 def _images(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, valid) of every sample of a dataset."""
+    """(image, valid) of every sample of a dataset, by key within each shard."""
     manifest = json.loads((out / "manifest.json").read_text())
     found = []
     for entry in manifest["shards"]:
-        with tarfile.open(out / entry["path"]) as tar:
-            arrays = {m.name: np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar if m.name.endswith(".npy")}
-        keys = sorted({name.split(".")[0] for name in arrays})
-        found += [(arrays[f"{k}.image.npy"], arrays[f"{k}.valid.npy"]) for k in keys]
+        samples = [s for s in read_samples(out) if f"{s['__key__']}.json" in _names(out / entry["path"])]
+        found += [(s["image.npy"], s["valid.npy"]) for s in sorted(samples, key=lambda s: s["__key__"])]
     return found
+
+
+def _names(shard: Path) -> set[str]:
+    with tarfile.open(shard) as tar:
+        return set(tar.getnames())
 
 
 def _s2_whole_scene() -> tuple[np.ndarray, np.ndarray]:
@@ -136,11 +138,8 @@ def test_downsample_reads_overviews_and_coarsens_the_grid(tmp_path):
     build(BuildConfig(inputs=[spec], out_dir=str(tmp_path / "out"), tile_size=64))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["samples"] == 4  # 128 x 128 after downsampling: 2 x 2 tiles of 64
-    with tarfile.open(tmp_path / "out" / manifest["shards"][0]["path"]) as tar:
-        meta = json.loads(tar.extractfile(tar.getmember(tar.getnames()[0].split(".")[0] + ".json")).read())
-        image = np.load(
-            io.BytesIO(tar.extractfile(tar.getmember(tar.getnames()[0].split(".")[0] + ".image.npy")).read())
-        )
+    first = read_samples(tmp_path / "out")[0]
+    meta, image = first["json"], first["image.npy"]
     assert meta["transform"][0] == 20.0 and meta["transform"][4] == -20.0  # 10 m pixels read as 20 m
     block_mean = data[:, :128, :128].reshape(4, 64, 2, 64, 2).astype(np.float64).mean(axis=(2, 4))
     scale = load_registry()["gaofen2_pms"].normalization.scale

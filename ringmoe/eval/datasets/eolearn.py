@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from data_pipeline.eopatch import DN_PER_REFLECTANCE, L1C_BANDS
-from data_pipeline.normalize import normalize
 from ringmoe.core.errors import DataError
+from ringmoe.core.normalization import normalize
 from ringmoe.core.sensors import SensorSpec, load_registry
 from ringmoe.eval.datasets.common import IGNORE, LabelledSet, log_skipped, stack_images
 

@@ -66,29 +66,43 @@ def normalize(
     ``invalid``: ``(H, W)`` bool of extra invalid pixels (clouds); ``standardize``: per-channel ``[mean, std]``
     (from ``ringmoe-data stats``) applied after the kind's normalization.
     """
-    norm = sensor.normalization
-    lo, hi = (float(v) for v in norm.clip)
     valid = valid_mask(raw, sensor, file_nodata)
     if invalid is not None:
         valid &= ~invalid
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if norm.kind == "reflectance":
-            image = np.clip(raw.astype(np.float64) * norm.scale, lo, hi)
-        elif norm.kind == "db":
+    return normalize_valid(raw, valid, sensor, standardize), valid.astype(np.uint8)
+
+
+def normalize_valid(
+    raw: np.ndarray,
+    valid: np.ndarray,
+    sensor: SensorSpec,
+    standardize: Optional[Sequence[Sequence[float]]] = None,
+) -> np.ndarray:
+    """The float32 ``(C, H, W)`` model input of ``raw`` ``(B, H, W)`` whose valid pixels are ``valid``
+    ``(H, W)``; invalid pixels are 0. The ingest and the loader of source-dtype shards both normalize here."""
+    norm = sensor.normalization
+    lo, hi = (float(v) for v in norm.clip)
+    if norm.kind == "reflectance":  # in place: the same values as np.clip(raw * scale, lo, hi), fewer copies
+        image = np.multiply(raw, norm.scale, dtype=np.float64)
+        np.clip(image, lo, hi, out=image)
+    elif norm.kind == "db":
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # log10(0) = -inf, then clipped
             image = _to_unit_db(raw, sensor, lo, hi)
-        elif norm.kind == "complex":
-            iq = np.stack([raw.real, raw.imag], axis=1).reshape(-1, *raw.shape[1:])  # (2B, H, W): I, Q per band
-            image = np.clip(iq.astype(np.float64) * norm.scale, lo, hi)
-        else:
-            raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
+    elif norm.kind == "complex":
+        iq = np.stack([raw.real, raw.imag], axis=1).reshape(-1, *raw.shape[1:])  # (2B, H, W): I, Q per band
+        image = np.clip(iq.astype(np.float64) * norm.scale, lo, hi)
+    else:
+        raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
     if image.shape[0] < sensor.channels():  # fill_channels: replicate (a panchromatic or single-pol sensor)
         image = image[[i % image.shape[0] for i in range(sensor.channels())]]
     if standardize is not None:
         mean, std = (np.asarray(v, dtype=np.float64)[:, None, None] for v in standardize)
         image = (image - mean) / np.where(std > 0, std, 1.0)
     image = image.astype(np.float32)
-    image[:, ~valid] = 0.0
-    return image, valid.astype(np.uint8)
+    invalid = ~valid.astype(bool)
+    if invalid.any():
+        np.copyto(image, 0.0, where=invalid)  # +0.0 like a masked assignment, without its gather
+    return image
 
 
 def _to_unit_db(raw: np.ndarray, sensor: SensorSpec, lo: float, hi: float) -> np.ndarray:
