@@ -25,7 +25,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from data_pipeline.config import BuildConfig, canonical_hash, config_dict
-from data_pipeline.read import Scene, open_scene
+from data_pipeline.read import Scene, band_offsets, open_scene
 from ringmoe.core.errors import DataError
 from ringmoe.core.normalization import channel_names, normalize
 from ringmoe.core.sensors import SensorSpec
@@ -144,7 +144,8 @@ def scene_stats(scene: Scene, sensor: SensorSpec, block: int) -> ChannelStats:
                         mask = None if invalid is None else invalid[t]
                         stats.update(*normalize(raw, sensor, reader.file_nodata(), mask))
                 else:
-                    stats.update(*normalize(reader.read(window), sensor, reader.file_nodata(), invalid))
+                    raw, offsets = reader.read(window), band_offsets(reader)
+                    stats.update(*normalize(raw, sensor, reader.file_nodata(), invalid, offsets=offsets))
     return stats
 
 

@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec, ScalingSpec, scene_pattern
 from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
+from data_pipeline.safe import S2Product, S2ProductReader, is_s2_product, read_s2_product
 from data_pipeline.stac import expand_collections, is_stac_item, stac_item_bands
 from data_pipeline.subdatasets import open_raster, subdataset_uris
 from ringmoe.core.errors import ConfigError, DataError
@@ -51,6 +52,7 @@ class Scene:
     subdatasets: list[str] = field(default_factory=list)
     scaling: Optional[ScalingSpec] = None  # the files' encoding, when it is not the source's dtype
     time: Optional[str] = None  # acquisition time a catalog gives (STAC datetime); else parsed from the name
+    product: Optional[S2Product] = None  # a Sentinel-2 .SAFE product (data_pipeline.safe)
 
     def band_sources(self) -> list[str]:
         """What GDAL opens for each band: the subdataset URI, or the file path."""
@@ -153,6 +155,17 @@ def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
         return Scene(item_id, path, files, [1] * len(bands), expect_count=1, time=when)
     if spec.assets:
         raise DataError(f"{path}: input {spec.source!r} sets assets, but the scene is not a STAC Item (JSON)")
+    if is_s2_product(path):
+        if spec.band_files is not None or spec.band_indexes is not None:
+            raise DataError(f"{path}: a .SAFE product names its own band files; band_files/band_indexes do not apply")
+        product = read_s2_product(path)
+        missing = [b for b in bands if b not in product.band_files]
+        if missing:
+            raise DataError(
+                f"{path}: bands {missing} of source {sensor.name!r} are not in this {product.level} product"
+            )
+        files = [product.band_files[b] for b in bands]
+        return Scene(name, path, files, [1] * len(bands), expect_count=1, time=product.time, product=product)
     if is_zarr_store(path):
         if spec.band_files is not None:
             raise DataError(f"{path}: scene of source {sensor.name!r} is a zarr store but the input sets band_files")
@@ -356,6 +369,12 @@ def _full_res(window: Window, factor: int) -> Window:
     return Window(window.col_off * factor, window.row_off * factor, window.width * factor, window.height * factor)
 
 
+def band_offsets(reader) -> Optional[list[float]]:
+    """What a reader's products add to each band before the scale (Sentinel-2 baseline >= 04.00), or None."""
+    offsets = getattr(reader, "band_offsets", None)
+    return None if offsets is None else offsets()
+
+
 def open_scene(scene: Scene, sensor: SensorSpec):
     """The reader for ``scene``; every reader has ``shape``, ``crs``, ``transform``, ``file_nodata()``,
     ``read(window)`` and ``invalid(window)``; zarr time cubes also ``timestamps`` and ``read_sequence(window)``."""
@@ -363,6 +382,8 @@ def open_scene(scene: Scene, sensor: SensorSpec):
         from data_pipeline.zarr_scene import ZarrSceneReader  # zarr is only imported when a store is read
 
         reader = ZarrSceneReader(scene, sensor)
+    elif scene.product is not None:
+        return S2ProductReader(scene.product, sensor)
     else:
         reader = SceneReader(scene, sensor)
     return reader if scene.scaling is None else ScaledReader(reader, scene.scaling)

@@ -16,7 +16,7 @@ from typing import Optional, Union
 import numpy as np
 from rasterio.transform import Affine
 
-from data_pipeline.read import Scene, open_scene
+from data_pipeline.read import Scene, band_offsets, open_scene
 from data_pipeline.shards import json_bytes, npy_bytes
 from data_pipeline.tiling import tile_geometry, tile_windows
 from data_pipeline.warp import warp_tile
@@ -78,24 +78,34 @@ def read_normalized(reader, window, sensor: SensorSpec, standardize=None):
     """Image, valid mask and the count of non-finite raw pixels of one window (the evaluation adapters read
     labelled rasters through this)."""
     raw, valid, nonfinite = read_window(reader, window, sensor)
-    return normalize_valid(raw, valid, sensor, standardize), valid.astype(np.uint8), nonfinite
+    image = normalize_valid(raw, valid, sensor, standardize, band_offsets(reader))
+    return image, valid.astype(np.uint8), nonfinite
 
 
 def tile_members(
-    raw: np.ndarray, valid: np.ndarray, sensor: SensorSpec, tiles: "TileSettings", prefix: str = ""
-) -> tuple[dict[str, bytes], Optional[str]]:
-    """The image and valid members of one tile (``raw`` ``(B, H, W)`` or ``(T, B, H, W)``) as the build's
-    encoding stores them, and the encoding to record in the sample's JSON (None for float32)."""
+    raw: np.ndarray,
+    valid: np.ndarray,
+    sensor: SensorSpec,
+    tiles: "TileSettings",
+    prefix: str = "",
+    offsets: Optional[list[float]] = None,
+) -> tuple[dict[str, bytes], dict]:
+    """The image and valid members of one tile (``raw`` ``(B, H, W)`` or ``(T, B, H, W)``, ``offsets`` the
+    product's per-band radiometric offsets) as the build's encoding stores them, and what the sample's JSON
+    must say to decode them (``encoding``, ``band_offsets``; nothing for float32)."""
     if keeps_source(raw, tiles.encoding):
-        image, mask, encoding = stored_raw(raw, valid), pack_valid(valid), SOURCE_ENCODING
+        image, mask = stored_raw(raw, valid), pack_valid(valid)
+        recorded = (
+            {"encoding": SOURCE_ENCODING} if offsets is None else {"encoding": SOURCE_ENCODING, "band_offsets": offsets}
+        )
     else:
         standardize = tiles.standardize.get(sensor.name)
         if raw.ndim == 4:
-            image = np.stack([normalize_valid(r, v, sensor, standardize) for r, v in zip(raw, valid)])
+            image = np.stack([normalize_valid(r, v, sensor, standardize, offsets) for r, v in zip(raw, valid)])
         else:
-            image = normalize_valid(raw, valid, sensor, standardize)
-        mask, encoding = valid.astype(np.uint8), None
-    return {prefix + IMAGE_EXT: npy_bytes(image), prefix + VALID_EXT: npy_bytes(mask)}, encoding
+            image = normalize_valid(raw, valid, sensor, standardize, offsets)
+        mask, recorded = valid.astype(np.uint8), {}
+    return {prefix + IMAGE_EXT: npy_bytes(image), prefix + VALID_EXT: npy_bytes(mask)}, recorded
 
 
 @dataclass
@@ -214,9 +224,8 @@ def _single(group: SingleGroup, stream: str, tiles: TileSettings, start: int) ->
             }
             if getattr(reader, "time", None) is not None:  # one date picked from a time cube (time_index)
                 meta["time"] = reader.time
-            members, encoding = tile_members(raw, valid, sensor, tiles)
-            if encoding:
-                meta["encoding"] = encoding
+            members, recorded = tile_members(raw, valid, sensor, tiles, offsets=band_offsets(reader))
+            meta.update(recorded)
             members[META_EXT] = json_bytes(meta)
             yield Sample(sample_key(stream, scene.name, row, col), members, [sensor.name], nonfinite)
     # A scene with no valid pixel is named, not just counted in skipped tiles (and is fatal under --strict). Only
@@ -241,13 +250,15 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
             fractions = []
             try:
                 for (scene, sensor, when), reader in zip(group.members, readers):
+                    offsets = None
                     if reader is ref:
                         raw, valid, _ = read_window(ref, window, ref_sensor)
-                    else:  # resampled values (float64) are stored normalized
+                        offsets = band_offsets(ref)
+                    else:  # resampled values (float64, offsets added) are stored normalized
                         raw = warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling)
                         valid = valid_mask(raw, sensor)
                     fractions.append(float(valid.mean()))
-                    stored, encoding = tile_members(raw, valid, sensor, tiles, prefix=f"{sensor.name}.")
+                    stored, recorded = tile_members(raw, valid, sensor, tiles, f"{sensor.name}.", offsets)
                     members.update(stored)
                     parts[sensor.name] = {
                         **_base_meta(sensor),
@@ -256,8 +267,7 @@ def _pair(group: PairGroup, stream: str, tiles: TileSettings, start: int) -> Ite
                         "source_crs": reader.crs,
                         "valid_fraction": fractions[-1],
                     }
-                    if encoding:
-                        parts[sensor.name]["encoding"] = encoding
+                    parts[sensor.name].update(recorded)
             except (DataError, ValueError) as exc:
                 yield Quarantined(str(ref_scene.path), f"pair {group.footprint!r}: {exc}")
                 continue
@@ -298,6 +308,7 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
         for window in _windows(ref, tiles, start):
             transform = ref.transform @ Affine.translation(window.col_off, window.row_off)
             try:
+                offsets = None
                 if cube:
                     masks = ref.invalid(window)
                     raws = ref.read_sequence(window)
@@ -306,6 +317,10 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
                         valids = [ok & ~mask for ok, mask in zip(valids, masks)]
                 else:
                     first, first_valid, _ = read_window(ref, window, sensor)
+                    offsets = band_offsets(ref)
+                    if offsets is not None and len(readers) > 1:  # stacked with warped dates, offsets added
+                        first = first.astype(np.float64) + np.asarray(offsets, dtype=np.float64)[:, None, None]
+                        offsets = None
                     raws, valids = [first], [first_valid]
                     for reader in readers[1:]:  # resampled dates make the whole stack float32 (one array)
                         raws.append(warp_tile(reader, sensor, transform, ref.crs, tiles.size, tiles.resampling))
@@ -334,9 +349,8 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
                 "valid_fraction": fraction,
                 "valid_fraction_per_step": [float(ok.mean()) for ok in valid],
             }
-            members, encoding = tile_members(raw, valid, sensor, tiles)
-            if encoding:
-                meta["encoding"] = encoding
+            members, recorded = tile_members(raw, valid, sensor, tiles, offsets=offsets)
+            meta.update(recorded)
             members[META_EXT] = json_bytes(meta)
             yield Sample(sample_key(stream, group.footprint, row, col), members, [sensor.name])
     finally:

@@ -17,6 +17,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
+from data_pipeline.read import band_offsets
 from ringmoe.core.normalization import valid_mask
 from ringmoe.core.sensors import SensorSpec
 
@@ -49,6 +50,9 @@ def warp_tile(reader, sensor: SensorSpec, dst_transform: Affine, dst_crs: str, s
     invalid = reader.invalid(window)
     if invalid is not None:
         ok &= ~invalid
+    offsets = band_offsets(reader)
+    if offsets is not None:  # a product's radiometric offsets, added before resampling (values, not codes)
+        raw = raw.astype(np.float64) + np.asarray(offsets, dtype=np.float64)[:, None, None]
     src_transform = reader.transform @ Affine.translation(window.col_off, window.row_off)
     method = Resampling.nearest if complex_data else Resampling[resampling]
     planes = [raw.real, raw.imag] if complex_data else [raw]

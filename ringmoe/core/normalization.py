@@ -60,16 +60,17 @@ def normalize(
     file_nodata: Sequence[Optional[float]] = (),
     invalid: Optional[np.ndarray] = None,
     standardize: Optional[Sequence[Sequence[float]]] = None,
+    offsets: Optional[Sequence[float]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``raw`` ``(B, H, W)`` -> image float32 ``(C, H, W)`` and valid uint8 ``(H, W)``.
 
     ``invalid``: ``(H, W)`` bool of extra invalid pixels (clouds); ``standardize``: per-channel ``[mean, std]``
-    (from ``ringmoe-data stats``) applied after the kind's normalization.
+    (from ``ringmoe-data stats``) applied after the kind's normalization; ``offsets``: see ``normalize_valid``.
     """
     valid = valid_mask(raw, sensor, file_nodata)
     if invalid is not None:
         valid &= ~invalid
-    return normalize_valid(raw, valid, sensor, standardize), valid.astype(np.uint8)
+    return normalize_valid(raw, valid, sensor, standardize, offsets), valid.astype(np.uint8)
 
 
 def normalize_valid(
@@ -77,12 +78,23 @@ def normalize_valid(
     valid: np.ndarray,
     sensor: SensorSpec,
     standardize: Optional[Sequence[Sequence[float]]] = None,
+    offsets: Optional[Sequence[float]] = None,
 ) -> np.ndarray:
     """The float32 ``(C, H, W)`` model input of ``raw`` ``(B, H, W)`` whose valid pixels are ``valid``
-    ``(H, W)``; invalid pixels are 0. The ingest and the loader of source-dtype shards both normalize here."""
+    ``(H, W)``; invalid pixels are 0. The ingest and the loader of source-dtype shards both normalize here.
+
+    ``offsets``: per band, added to the stored values before the scale (a product's radiometric offset, e.g.
+    Sentinel-2 processing baseline >= 04.00: reflectance = (DN - 1000) / 10000); reflectance sources only.
+    """
     norm = sensor.normalization
     lo, hi = (float(v) for v in norm.clip)
-    if norm.kind == "reflectance":  # in place: the same values as np.clip(raw * scale, lo, hi), fewer copies
+    if offsets is not None and norm.kind != "reflectance":
+        raise ConfigError(f"source {sensor.name!r}: band offsets apply to reflectance sources, not {norm.kind!r}")
+    if norm.kind == "reflectance" and offsets is not None:
+        image = raw.astype(np.float64) + np.asarray(offsets, dtype=np.float64)[:, None, None]
+        image *= norm.scale
+        np.clip(image, lo, hi, out=image)
+    elif norm.kind == "reflectance":  # in place: the same values as np.clip(raw * scale, lo, hi), fewer copies
         image = np.multiply(raw, norm.scale, dtype=np.float64)
         np.clip(image, lo, hi, out=image)
     elif norm.kind == "db":

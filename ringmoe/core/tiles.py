@@ -64,17 +64,20 @@ class TileDecoder:
     sensor: SensorSpec
     standardize: Optional[Sequence[Sequence[float]]] = None
 
-    def image(self, raw: np.ndarray, packed_valid: np.ndarray) -> np.ndarray:
-        """float32 ``(C, H, W)`` (or ``(T, C, H, W)`` from ``(T, B, H, W)``); a malformed tile is a ``ValueError``."""
+    def image(self, raw: np.ndarray, packed_valid: np.ndarray, offsets: Optional[Sequence[float]] = None) -> np.ndarray:
+        """float32 ``(C, H, W)`` (or ``(T, C, H, W)`` from ``(T, B, H, W)``); a malformed tile is a ``ValueError``.
+        ``offsets``: the per-band radiometric offsets the sample's JSON records (``band_offsets``)."""
         bands = len(self.sensor.modality_bands)
         if raw.ndim not in (3, 4) or raw.shape[-3] != bands or raw.dtype not in SOURCE_DTYPES:
             raise ValueError(f"raw tile is {raw.dtype} {raw.shape}, expected {bands} bands of a source dtype")
         valid = unpack_valid(packed_valid, raw.shape[-1])
         if valid.shape != raw.shape[:-3] + raw.shape[-2:]:
             raise ValueError(f"valid mask {valid.shape} does not fit the raw tile {raw.shape}")
+        if offsets is not None and (not isinstance(offsets, list) or len(offsets) != bands):
+            raise ValueError(f"band_offsets {offsets!r:.80} is not a list of {bands} numbers")
         if raw.ndim == 4:
-            return np.stack([normalize_valid(r, v, self.sensor, self.standardize) for r, v in zip(raw, valid)])
-        return normalize_valid(raw, valid, self.sensor, self.standardize)
+            return np.stack([normalize_valid(r, v, self.sensor, self.standardize, offsets) for r, v in zip(raw, valid)])
+        return normalize_valid(raw, valid, self.sensor, self.standardize, offsets)
 
 
 def tile_decoders(manifest: dict[str, Any], sensors: Mapping[str, SensorSpec]) -> dict[str, TileDecoder]:
@@ -102,15 +105,16 @@ def normalized_arrays(arrays: Mapping[str, np.ndarray], meta: dict, decoders: Ma
     source-encoded images normalized, their masks unpacked; everything else as given."""
     out = dict(arrays)
     if meta.get("kind") == "pair":
-        parts = [(f"{name}.", name, info.get("encoding")) for name, info in (meta.get("parts") or {}).items()]
+        parts = [(f"{name}.", name, info) for name, info in (meta.get("parts") or {}).items()]
     else:
-        parts = [("", meta.get("source"), meta.get("encoding"))]
-    for prefix, sensor, encoding in parts:
+        parts = [("", meta.get("source"), meta)]
+    for prefix, sensor, info in parts:
+        encoding = info.get("encoding")
         if encoding is None:
             continue
         if encoding != SOURCE_ENCODING or sensor not in decoders:
             raise ValueError(f"{prefix}image.npy: encoding {encoding!r} of sensor {sensor!r} cannot be decoded")
         raw, packed = arrays[prefix + "image.npy"], arrays[prefix + "valid.npy"]
-        out[prefix + "image.npy"] = decoders[sensor].image(raw, packed)
+        out[prefix + "image.npy"] = decoders[sensor].image(raw, packed, info.get("band_offsets"))
         out[prefix + "valid.npy"] = unpack_valid(packed, raw.shape[-1])
     return out

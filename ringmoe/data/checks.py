@@ -13,7 +13,7 @@ import json
 import math
 import re
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -87,14 +87,15 @@ def decode_image(data: bytes | memoryview, channels: int, tile: int, steps: bool
 def decode_tile(
     data: dict[str, bytes | memoryview],
     part: str,
-    encoding: Any,
+    meta: dict,
     decoder: Optional[TileDecoder],
     channels: int,
     tile: int,
     steps: bool = False,
 ) -> np.ndarray:
-    """The model input of one tile (``part`` is a pair part's member prefix, "" otherwise) in either encoding
-    (``ringmoe.core.tiles``), checked by ``check_image``."""
+    """The model input of one tile (``part`` is a pair part's member prefix, "" otherwise; ``meta`` its JSON,
+    or its ``parts`` entry) in either encoding (``ringmoe.core.tiles``), checked by ``check_image``."""
+    encoding = meta.get("encoding")
     image_ext, valid_ext = part + IMAGE_EXT, part + VALID_EXT
     for ext in (image_ext, valid_ext) if encoding is not None else (image_ext,):
         if ext not in data:
@@ -109,7 +110,7 @@ def decode_tile(
     if raw.dtype.kind in "fc" and not np.isfinite(raw).all():  # clipping would hide it; the ingest writes none
         raise BadSample(NON_FINITE, f"{image_ext} has {int(raw.size - np.isfinite(raw).sum())} NaN/inf value(s)")
     try:
-        image = decoder.image(raw, packed)
+        image = decoder.image(raw, packed, meta.get("band_offsets"))
     except ValueError as exc:
         raise BadSample(BAD_IMAGE, f"{image_ext}: {exc}") from None
     return check_image(image, channels, tile, steps)

@@ -54,13 +54,13 @@ def place_dates(
             for part in source.parts:
                 info = meta["parts"][part.source]
                 decoder = decoders.get(part.source)
-                image = decode_tile(data, f"{part.source}.", info.get("encoding"), decoder, part.channels, tile)
+                image = decode_tile(data, f"{part.source}.", info, decoder, part.channels, tile)
                 entry = (image, days_since_epoch(info["time"]), float(info["valid_fraction"]) >= min_valid)
                 dates.setdefault(part.modality, []).append(entry)
         else:
             (part,) = source.parts
             decoder = decoders.get(part.source)
-            stack = decode_tile(data, "", meta.get("encoding"), decoder, part.channels, tile, steps=True)
+            stack = decode_tile(data, "", meta, decoder, part.channels, tile, steps=True)
             stamps, fractions = meta["timestamps"], meta["valid_fraction_per_step"]
             if not len(stamps) == len(fractions) == len(stack):
                 raise ValueError(f"{len(stack)} steps, {len(stamps)} timestamps, {len(fractions)} valid fractions")

@@ -95,7 +95,7 @@ class ShardReader:
         """Sample ``i``'s key; its image is copied into ``out`` (float32 ``(C, H, W)``)."""
         key, data, meta = self.read_checked(shard, i, shard.source)
         decoder = self.decoders.get(shard.source)
-        image = decode_tile(data, "", meta.get("encoding"), decoder, self.channels[shard.source], self.tile)
+        image = decode_tile(data, "", meta, decoder, self.channels[shard.source], self.tile)
         # A float32 image may view the store's read buffer: copy it out before the next read.
         np.copyto(out, image)
         return key
