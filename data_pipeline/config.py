@@ -83,6 +83,9 @@ class InputSpec:
     scaling: Optional[ScalingSpec] = None
     # STAC Item scenes (*.json): band name -> asset key, for assets not named after their band.
     assets: dict[str, str] = field(default_factory=dict)
+    # Map grid of scenes georeferenced by GCPs only (Sentinel-1 GRD .SAFE): a CRS ("EPSG:32633"); "" = the UTM
+    # zone of each scene's centre.
+    crs: str = ""
 
 
 @dataclass

@@ -310,8 +310,8 @@ def _input_files(scene: Scene) -> list[Path]:
     files = list(dict.fromkeys(scene.files))
     if scene.invalid_mask is not None:
         files.append(scene.invalid_mask)
-    if scene.product is not None:  # its metadata gives the offsets; its mask the invalid pixels
-        files += sorted(scene.path.glob("MTD_MSIL*.xml")) + ([scene.product.mask] if scene.product.mask else [])
+    if scene.product is not None:  # metadata (offsets, calibration) and masks change the tiles too
+        files += scene.product.metadata_files()
     return files
 
 

@@ -10,7 +10,7 @@ import glob
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import rasterio
@@ -21,7 +21,8 @@ from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec, ScalingSpec, scene_pattern
 from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
-from data_pipeline.safe import S2Product, S2ProductReader, is_s2_product, read_s2_product
+from data_pipeline.safe import S2Product, is_s2_product, read_s2_product
+from data_pipeline.sentinel1 import S1Product, is_s1_grd, read_s1_product
 from data_pipeline.stac import expand_collections, is_stac_item, stac_item_bands
 from data_pipeline.subdatasets import open_raster, subdataset_uris
 from ringmoe.core.errors import ConfigError, DataError
@@ -52,7 +53,10 @@ class Scene:
     subdatasets: list[str] = field(default_factory=list)
     scaling: Optional[ScalingSpec] = None  # the files' encoding, when it is not the source's dtype
     time: Optional[str] = None  # acquisition time a catalog gives (STAC datetime); else parsed from the name
-    product: Optional[S2Product] = None  # a Sentinel-2 .SAFE product (data_pipeline.safe)
+    # A product directory that reads itself: Sentinel-2 .SAFE (data_pipeline.safe), Sentinel-1 GRD .SAFE
+    # (data_pipeline.sentinel1); ``crs`` is the map grid of a GCP-georeferenced one ("" = UTM of its centre).
+    product: Optional[Union[S2Product, S1Product]] = None
+    crs: str = ""
 
     def band_sources(self) -> list[str]:
         """What GDAL opens for each band: the subdataset URI, or the file path."""
@@ -155,17 +159,8 @@ def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
         return Scene(item_id, path, files, [1] * len(bands), expect_count=1, time=when)
     if spec.assets:
         raise DataError(f"{path}: input {spec.source!r} sets assets, but the scene is not a STAC Item (JSON)")
-    if is_s2_product(path):
-        if spec.band_files is not None or spec.band_indexes is not None:
-            raise DataError(f"{path}: a .SAFE product names its own band files; band_files/band_indexes do not apply")
-        product = read_s2_product(path)
-        missing = [b for b in bands if b not in product.band_files]
-        if missing:
-            raise DataError(
-                f"{path}: bands {missing} of source {sensor.name!r} are not in this {product.level} product"
-            )
-        files = [product.band_files[b] for b in bands]
-        return Scene(name, path, files, [1] * len(bands), expect_count=1, time=product.time, product=product)
+    if is_s2_product(path) or is_s1_grd(path):
+        return _resolve_product(path, name, spec, sensor)
     if is_zarr_store(path):
         if spec.band_files is not None:
             raise DataError(f"{path}: scene of source {sensor.name!r} is a zarr store but the input sets band_files")
@@ -184,6 +179,30 @@ def _resolve_bands(path: Path, spec: InputSpec, sensor: SensorSpec) -> Scene:
         raise DataError(f"{path}: scene of source {sensor.name!r} is a file but the input sets band_files")
     expect = len(bands) if spec.band_indexes is None else None
     return Scene(name, path, [path] * len(bands), _band_indexes(spec, sensor), expect_count=expect)
+
+
+def _resolve_product(path: Path, name: str, spec: InputSpec, sensor: SensorSpec) -> Scene:
+    """A Sentinel-2 L1C/L2A or Sentinel-1 GRD .SAFE directory: it names its own band files and encoding."""
+    if spec.band_files is not None or spec.band_indexes is not None or spec.scaling is not None:
+        raise DataError(
+            f"{path}: a .SAFE product names its band files and encoding; band_files, band_indexes and scaling "
+            "do not apply"
+        )
+    bands = sensor.modality_bands
+    if is_s1_grd(path):
+        grd = read_s1_product(path)
+        polarisations = [(sensor.band(b).polarization or b).upper() for b in bands]
+        missing = [p for p in polarisations if p not in grd.measurements]
+        if missing:
+            raise DataError(f"{path}: polarisations {missing} of source {sensor.name!r} are not in this GRD product")
+        files = [grd.measurements[p] for p in polarisations]
+        return Scene(name, path, files, [1] * len(bands), 1, time=grd.time, product=grd, crs=spec.crs)
+    product = read_s2_product(path)
+    missing = [b for b in bands if b not in product.band_files]
+    if missing:
+        raise DataError(f"{path}: bands {missing} of source {sensor.name!r} are not in this {product.level} product")
+    files = [product.band_files[b] for b in bands]
+    return Scene(name, path, files, [1] * len(bands), expect_count=1, time=product.time, product=product)
 
 
 def _resolve_subdatasets(path: Path, name: str, subdataset: str, spec: InputSpec, sensor: SensorSpec) -> Scene:
@@ -253,6 +272,11 @@ class SceneReader:
         complex_wanted = sensor.normalization.kind == "complex"
         for band, file, index in zip(sensor.modality_bands, self._sources, scene.indexes):
             ds = self._datasets[file]
+            if ds.crs is None and ds.gcps[0]:
+                raise DataError(
+                    f"{file}: georeferenced by {len(ds.gcps[0])} GCPs only, not on a map grid; warp it first "
+                    "(gdalwarp -tps -t_srs ...) or, for a Sentinel-1 GRD, give its .SAFE directory as the scene"
+                )
             if scene.expect_count == 1 and ds.count != 1:
                 raise DataError(f"{file}: expected 1 band (one file per band, band {band!r}), found {ds.count}")
             if scene.expect_count is not None and ds.count != scene.expect_count:
@@ -383,7 +407,7 @@ def open_scene(scene: Scene, sensor: SensorSpec):
 
         reader = ZarrSceneReader(scene, sensor)
     elif scene.product is not None:
-        return S2ProductReader(scene.product, sensor)
+        return scene.product.open(sensor, scene.crs)
     else:
         reader = SceneReader(scene, sensor)
     return reader if scene.scaling is None else ScaledReader(reader, scene.scaling)

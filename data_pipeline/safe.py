@@ -55,6 +55,13 @@ class S2Product:
     time: Optional[str] = None  # PRODUCT_START_TIME, ISO 8601 UTC
     notes: list[str] = field(default_factory=list)
 
+    def metadata_files(self) -> list[Path]:
+        """Files beside the band files that change the tiles: the metadata (offsets) and the mask."""
+        return sorted(self.path.glob("MTD_MSIL*.xml")) + ([self.mask] if self.mask else [])
+
+    def open(self, sensor: SensorSpec, crs: str = "") -> "S2ProductReader":
+        return S2ProductReader(self, sensor)
+
     @property
     def mask_kind(self) -> str:
         return "" if self.mask is None else ("scl" if self.level == "L2A" else "classi")

@@ -98,4 +98,3 @@ def make_product(
         write_jp2(product / "GRANULE" / granule.parent.name / "QI_DATA" / "MSK_CLASSI_B00.jp2", classi, crs,
                   transform * transform.scale(6))  # fmt: skip
     return product
-
