@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec, ScalingSpec, scene_pattern
 from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
+from data_pipeline.handles import RasterHandles
 from data_pipeline.safe import S2Product, is_s2_product, read_s2_product
 from data_pipeline.sentinel1 import S1Product, is_s1_grd, read_s1_product
 from data_pipeline.stac import expand_collections, is_stac_item, stac_item_bands
@@ -243,7 +244,7 @@ def _band_indexes(spec: InputSpec, sensor: SensorSpec) -> list[int]:
     return indexes
 
 
-class SceneReader:
+class SceneReader(RasterHandles):
     """Open datasets of one scene; ``read(window)`` returns the raw modality bands ``(B, h, w)``."""
 
     def __init__(self, scene: Scene, sensor: SensorSpec) -> None:
@@ -372,20 +373,6 @@ class SceneReader:
             raise DataError(f"{path}: invalid mask grid {self._mask.shape} {self._mask.crs} differs from the scene's")
         if not self._mask.transform.almost_equals(first.transform):
             raise DataError(f"{path}: invalid mask transform differs from the scene's")
-
-    def close(self) -> None:
-        for ds in self._datasets.values():
-            ds.close()
-        self._datasets.clear()
-        if self._mask is not None:
-            self._mask.close()
-            self._mask = None
-
-    def __enter__(self) -> "SceneReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _full_res(window: Window, factor: int) -> Window:

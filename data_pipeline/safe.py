@@ -30,6 +30,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from data_pipeline.encoding import check_encoding
+from data_pipeline.handles import RasterHandles
 from ringmoe.core.errors import DataError
 from ringmoe.core.sensors import SensorSpec
 
@@ -153,7 +154,7 @@ def _mask_file(path: Path, level: str, baseline: str, notes: list[str]) -> Optio
     return None
 
 
-class S2ProductReader:
+class S2ProductReader(RasterHandles):
     """Reads a product's modality bands on the grid of its finest one: ``read(window)`` gives uint16 DN
     ``(B, h, w)``, ``band_offsets()`` what to add before the scale, ``invalid(window)`` the product's mask."""
 
@@ -225,20 +226,6 @@ class S2ProductReader:
             return np.logical_or.reduce(flags)
         except RasterioError as exc:
             raise DataError(f"{self.product.mask}: read of window {window} failed ({exc})") from None
-
-    def close(self) -> None:
-        for ds in self._datasets.values():
-            ds.close()
-        self._datasets.clear()
-        if self._mask is not None:
-            self._mask.close()
-            self._mask = None
-
-    def __enter__(self) -> "S2ProductReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _open(path: Path) -> rasterio.DatasetReader:

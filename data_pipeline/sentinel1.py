@@ -31,6 +31,7 @@ from rasterio.warp import reproject
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
+from data_pipeline.handles import RasterHandles
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
 
@@ -123,7 +124,7 @@ def utm_crs(lon: float, lat: float) -> CRS:
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
-class S1GrdReader:
+class S1GrdReader(RasterHandles):
     """sigma0 in dB, ``(B, h, w)`` float32, of a GRD product's polarisations on a map grid."""
 
     def __init__(self, product: S1Product, sensor: SensorSpec, crs: str = "") -> None:
@@ -232,17 +233,6 @@ class S1GrdReader:
         if row1 <= row0 or col1 <= col0:
             return None
         return Window(col0, row0, col1 - col0, row1 - row0)
-
-    def close(self) -> None:
-        for ds in self._datasets.values():
-            ds.close()
-        self._datasets.clear()
-
-    def __enter__(self) -> "S1GrdReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _open_measurement(path: Path) -> rasterio.DatasetReader:

@@ -7,7 +7,8 @@ Two encodings of a tile (a single image, one part of a pair, or a sequence's sta
   ``valid.npy`` the valid mask packed 8 pixels to a byte along the width (``numpy.packbits``). The reader
   normalizes with the sensor spec and per-channel statistics the manifest recorded, through the same
   ``normalize_valid`` the ingest uses, so the values equal a ``float32`` build's bit for bit. The sample's JSON
-  says ``"encoding": "source"`` (a pair's part says it in its ``parts`` entry).
+  says ``"encoding": "source"`` (a pair's part says it in its ``parts`` entry), and ``band_offsets`` when the
+  product adds a radiometric offset per band before the scale (Sentinel-2 processing baseline >= 04.00).
 - ``float32`` (no ``encoding`` key; every shard before this format): the normalized float32 ``(C, H, W)``
   image and an unpacked uint8 mask. Resampled pair and sequence parts (warped to the reference grid, so no
   longer in the source's values) are always stored this way.
