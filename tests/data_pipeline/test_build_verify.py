@@ -322,3 +322,17 @@ def test_an_all_nan_scene_is_named_and_fatal_when_strict(tmp_path):
     )  # fmt: skip
     with pytest.raises(DataError, match=r"a_nan\.tif: no valid pixel"):
         build(strict, config_dir=tmp_path)
+
+
+@pytest.mark.parametrize("length", [1, 99, 100, 101, 140])
+@pytest.mark.parametrize("size", [0, 12_345, 8**11])
+def test_predicted_member_headers_are_what_tarfile_writes(length, size):
+    """Shard roll-over predicts sizes from header_bytes' shortcut; it must equal tarfile's own encoding."""
+    import tarfile
+
+    from data_pipeline.shards import MEMBER_MODE, MEMBER_MTIME, header_bytes
+
+    for name in ("k" * (length - 4) + ".npy", "é" * length):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, MEMBER_MTIME, MEMBER_MODE, "", ""
+        assert header_bytes(name, size) == len(info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape"))
