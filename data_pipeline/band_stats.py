@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
 
 import numpy as np
 from rasterio.windows import Window
 
-from data_pipeline.config import BuildConfig, canonical_hash, config_dict
-from data_pipeline.read import Scene, band_offsets, open_scene
+from data_pipeline.read import band_offsets, open_scene
+from data_pipeline.scene import Scene
 from ringmoe.core.errors import DataError
 from ringmoe.core.normalization import channel_names, normalize
 from ringmoe.core.sensors import SensorSpec
@@ -76,57 +72,6 @@ class ChannelStats:
     @property
     def std(self) -> np.ndarray:
         return np.sqrt(self.m2 / np.where(self.count > 0, self.count, 1.0))
-
-
-def compute_stats(
-    config: BuildConfig, config_dir: Path, workers: int = 1, on_scene: Optional[Callable[[], None]] = None
-) -> dict[str, Any]:
-    """Statistics per source over every scene the config names; returns the JSON-able result."""
-    from data_pipeline.plan import scenes_by_source  # plan imports this module for standardization
-
-    jobs = [(scene, sensor, config.tile_size) for sensor, scene in scenes_by_source(config, config_dir)]
-    if not jobs:
-        raise DataError("no readable scene in the config's inputs; nothing to compute statistics over")
-    totals: dict[str, ChannelStats] = {}
-    sensors: dict[str, SensorSpec] = {}
-
-    def add(name: str, stats: ChannelStats) -> None:
-        totals.setdefault(name, ChannelStats.empty(len(stats.count))).merge(stats)
-
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            add(job[1].name, scene_stats(*job))
-            sensors[job[1].name] = job[1]
-            if on_scene is not None:
-                on_scene()
-    else:
-        context = multiprocessing.get_context("spawn")  # see build._run: no fork with GDAL handles open
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(scene_stats, *job) for job in jobs]
-            for _ in as_completed(futures):
-                if on_scene is not None:
-                    on_scene()
-        # Merge in plan order so the float64 result does not depend on completion order.
-        for (_, sensor, _), future in zip(jobs, futures):
-            add(sensor.name, future.result())
-            sensors[sensor.name] = sensor
-    cfg = config_dict(config)
-    return {
-        "format_version": STATS_FORMAT_VERSION,
-        "config_hash": canonical_hash(cfg),
-        "sources": {
-            name: {
-                "channels": channel_names(sensors[name]),
-                "count": [int(c) for c in stats.count],
-                "mean": stats.mean.tolist(),
-                "std": stats.std.tolist(),
-                # null, not +-inf, for a channel without valid pixels: strict JSON readers reject Infinity.
-                "min": [float(v) if n else None for v, n in zip(stats.low, stats.count)],
-                "max": [float(v) if n else None for v, n in zip(stats.high, stats.count)],
-            }
-            for name, stats in totals.items()
-        },
-    }
 
 
 def scene_stats(scene: Scene, sensor: SensorSpec, block: int) -> ChannelStats:

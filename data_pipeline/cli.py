@@ -18,10 +18,10 @@ from typing import Any, Optional, Sequence
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from data_pipeline.band_stats import compute_stats
 from data_pipeline.build import build_from_file
 from data_pipeline.config import load_build_config
 from data_pipeline.manifest import manifest_path, read_manifest
+from data_pipeline.stats_job import compute_stats
 from data_pipeline.verify import VerifyError, verify
 from ringmoe.core.errors import RingMoEError
 from ringmoe.core.files import atomic_write_json

@@ -16,7 +16,8 @@ from typing import Optional, Union
 import numpy as np
 from rasterio.transform import Affine
 
-from data_pipeline.read import Scene, band_offsets, open_scene
+from data_pipeline.read import band_offsets, open_scene
+from data_pipeline.scene import Scene
 from data_pipeline.shards import json_bytes, npy_bytes
 from data_pipeline.tiling import tile_geometry, tile_windows
 from data_pipeline.warp import warp_tile

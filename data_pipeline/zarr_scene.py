@@ -27,7 +27,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from data_pipeline.encoding import check_encoding
-from data_pipeline.read import Scene
+from data_pipeline.scene import Scene
 from ringmoe.core.errors import DataError
 from ringmoe.core.sensors import SensorSpec
 

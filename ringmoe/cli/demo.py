@@ -74,7 +74,7 @@ def _check_export(consolidated: Path, hf_dir: Path, shards: Path) -> float:
 
     from ringmoe.checkpoint.consolidate import load_consolidated_model
     from ringmoe.config.schema import DataConfig
-    from ringmoe.data.loader import ShardStream
+    from ringmoe.data.stream import ShardStream
 
     reference, config = load_consolidated_model(consolidated)
     exported = AutoModel.from_pretrained(str(hf_dir), trust_remote_code=True)

@@ -7,6 +7,7 @@ dir, fsspec URL or ``pipe:``), ``catalog`` (manifest -> shards per source), ``or
 (counts), ``loader`` (batches, workers, resume).
 """
 
-from ringmoe.data.loader import ShardLoader, ShardStream, build_loader
+from ringmoe.data.loader import ShardLoader, build_loader
+from ringmoe.data.stream import ShardStream
 
 __all__ = ["ShardLoader", "ShardStream", "build_loader"]

@@ -19,7 +19,7 @@ from ringmoe.core.batch import SequenceBatch
 from ringmoe.core.tiles import TileDecoder
 from ringmoe.data.catalog import PLACE, Catalog, SourceInfo, load_place_catalog
 from ringmoe.data.checks import BAD_JSON, BadSample, decode_tile
-from ringmoe.data.loader import ShardStream
+from ringmoe.data.stream import ShardStream
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

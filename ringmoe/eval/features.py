@@ -18,7 +18,6 @@ Each becomes a ``FrozenEncoder``: ``stages(images, modality)`` gives the multi-s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,68 +27,10 @@ from torch import nn
 from ringmoe.checkpoint.consolidate import MODEL_CONFIG_NAME, load_consolidated_model, read_deepspeed_checkpoint
 from ringmoe.checkpoint.save import META_NAME
 from ringmoe.config.schema import ModelConfig, load_model_config
-from ringmoe.core.batch import MultiModalBatch, SequenceBatch
-from ringmoe.core.errors import CheckpointError, RingMoEError
+from ringmoe.core.errors import CheckpointError
 from ringmoe.core.modalities import MODALITIES
+from ringmoe.eval.encoder import EncoderUnavailable, FrozenEncoder
 from ringmoe.recipes.build import build_pretraining_model
-
-
-class EncoderUnavailable(RingMoEError):
-    """A baseline that cannot run here (library missing, modality it has no input for); the report says why."""
-
-
-@dataclass
-class FrozenEncoder:
-    name: str
-    modalities: list[str]
-    module: nn.Module
-    img_size: int
-    # How the module is called: "ringmoe" with a MultiModalBatch, "huggingface" with pixel_values, "skysense"
-    # (and "skysense_hf") with a one-date SequenceBatch (pixel_values), "images" (baselines) with the images.
-    interface: str = "ringmoe"
-    device: str = "cpu"  # where the module runs; features always come back on the CPU
-
-    def to(self, device: str) -> "FrozenEncoder":
-        self.module.to(device)
-        self.device = device
-        return self
-
-    @torch.no_grad()
-    def stages(self, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
-        """Feature maps (B, C_s, h_s, w_s) of every stage, finest first, for one modality's images."""
-        if modality not in self.modalities:
-            raise EncoderUnavailable(f"{self.name} has no input for modality {modality!r} (has {self.modalities})")
-        self.module.eval()
-        images = images.to(self.device)
-        if self.interface == "huggingface":
-            maps = self.module(pixel_values={modality: images}, output_hidden_states=True).hidden_states
-        elif self.interface == "skysense_hf":  # one date: (B, 1, C, H, W)
-            maps = self.module(pixel_values={modality: images[:, None]}, output_hidden_states=True).hidden_states
-        elif self.interface == "skysense":
-            maps = _skysense_stages(self.module, images, modality)
-        elif self.interface == "images":
-            maps = self.module(images, modality)
-        else:
-            maps = self.module(MultiModalBatch({modality: images})).stage_features
-        return [m.cpu() for m in maps]
-
-    def features(self, images: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.stages(images, modality)[-1]
-
-    def pooled(self, images: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.features(images, modality).mean(dim=(2, 3))
-
-
-def _skysense_stages(encoder: nn.Module, images: torch.Tensor, modality: str) -> list[torch.Tensor]:
-    """The modality's spatial-encoder stages, then the fused map, for one date per image (the HF model's
-    ``hidden_states`` order)."""
-    one = torch.ones(len(images), 1, dtype=torch.bool)
-    batch = SequenceBatch(
-        {modality: images[:, None]}, {modality: one}, {modality: torch.full((len(images), 1), float("nan"))},
-        images.new_zeros(len(images), 2),
-    )  # fmt: skip
-    output = encoder(batch)
-    return [*(stage[:, 0] for stage in output.stages[modality][:-1]), output.fused]
 
 
 class PixelStatistics(nn.Module):

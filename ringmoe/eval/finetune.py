@@ -14,7 +14,7 @@ from torch import nn
 
 from ringmoe.config.evaluation import FinetuneConfig
 from ringmoe.core.batch import MultiModalBatch
-from ringmoe.eval.features import EncoderUnavailable, FrozenEncoder
+from ringmoe.eval.encoder import EncoderUnavailable, FrozenEncoder
 
 
 class _Classifier(nn.Module):

@@ -17,7 +17,8 @@ from ringmoe.config.evaluation import EvalTaskConfig
 from ringmoe.config.schema import ModelConfig, OnlineProbeConfig, RunConfig
 from ringmoe.core.errors import ConfigError
 from ringmoe.eval.datasets.common import SPLITS, LabelledSet
-from ringmoe.eval.features import FrozenEncoder, pooled_features
+from ringmoe.eval.encoder import FrozenEncoder
+from ringmoe.eval.features import pooled_features
 from ringmoe.eval.probe import knn_scores
 from ringmoe.eval.protocol import label_fraction
 from ringmoe.eval.run import load_task_data

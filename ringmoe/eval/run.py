@@ -26,7 +26,8 @@ from ringmoe.core.errors import ConfigError
 from ringmoe.core.files import atomic_write_text
 from ringmoe.core.structured import to_yaml
 from ringmoe.eval.datasets import ADAPTERS, LabelledSet
-from ringmoe.eval.features import EncoderUnavailable, FrozenEncoder, load_encoder
+from ringmoe.eval.encoder import EncoderUnavailable, FrozenEncoder
+from ringmoe.eval.features import load_encoder
 from ringmoe.eval.plots import embedding_png, pca_2d, per_class_png, tsne_2d
 from ringmoe.eval.report import Result, confusion_png, write_results
 from ringmoe.eval.tasks import TASKS, SplitPredictions, TaskOutcome, paired_differences

@@ -23,7 +23,8 @@ from ringmoe.config.evaluation import EvalConfig
 from ringmoe.core.errors import DataError
 from ringmoe.eval.datasets import IGNORE, LabelledSet
 from ringmoe.eval.datasets.common import SPLITS
-from ringmoe.eval.features import EncoderUnavailable, FrozenEncoder, dense_features, pooled_features
+from ringmoe.eval.encoder import EncoderUnavailable, FrozenEncoder
+from ringmoe.eval.features import dense_features, pooled_features
 from ringmoe.eval.finetune import finetune_predict
 from ringmoe.eval.metrics import (
     accuracy,

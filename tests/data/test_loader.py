@@ -17,7 +17,8 @@ from ringmoe.core.batch import MODALITIES
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import MODALITY_CHANNELS
 from ringmoe.core.tiles import manifest_decoders, normalized_arrays
-from ringmoe.data.loader import ShardLoader, ShardStream, build_loader
+from ringmoe.data.loader import ShardLoader, build_loader
+from ringmoe.data.stream import ShardStream
 from tests.data.helpers import copy_dataset, flat_keys, manifest, same_batches, take
 
 

@@ -11,9 +11,9 @@ import pytest
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.errors import ConfigError
 from ringmoe.data.catalog import load_catalog
-from ringmoe.data.loader import ShardStream
 from ringmoe.data.order import SourceOrder, seeded, shuffle_buffer
 from ringmoe.data.store import LocalStore
+from ringmoe.data.stream import ShardStream
 from tests.data.helpers import flat_keys, source_keys, take
 
 

@@ -13,10 +13,11 @@ import rasterio
 import zarr
 from rasterio.enums import Resampling
 
-from data_pipeline.band_stats import ChannelStats, compute_stats
+from data_pipeline.band_stats import ChannelStats
 from data_pipeline.build import build
 from data_pipeline.cli import main
 from data_pipeline.config import BuildConfig, InputSpec, SequenceSpec
+from data_pipeline.stats_job import compute_stats
 from data_pipeline.verify import verify
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.normalization import normalize

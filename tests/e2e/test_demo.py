@@ -103,7 +103,7 @@ def test_hf_export_reproduces_the_checkpoint(demo: tuple[Path, str]) -> None:
 
     from ringmoe.config.schema import DataConfig, ModelConfig
     from ringmoe.core.structured import from_dict
-    from ringmoe.data.loader import ShardStream
+    from ringmoe.data.stream import ShardStream
     from ringmoe.models.build import build_model
 
     out, _ = demo
@@ -126,7 +126,7 @@ def test_demo_prunes_to_half_the_experts_and_exports_that_too(demo: tuple[Path, 
 
     from ringmoe.checkpoint.consolidate import load_consolidated_model
     from ringmoe.config.schema import DataConfig
-    from ringmoe.data.loader import ShardStream
+    from ringmoe.data.stream import ShardStream
 
     out, stdout = demo
     plan = json.loads((out / "pruned" / "prune_plan.json").read_text())

@@ -168,7 +168,7 @@ def test_evaluation_harness_scores_ensemble_single_and_pruned(federation: Path, 
 
     from ringmoe.cli.main import main
     from ringmoe.config.evaluation import load_eval_config
-    from ringmoe.eval.ensemble import ablation
+    from ringmoe.eval.ablation import ablation
     from ringmoe.eval.run import evaluate
 
     logging.getLogger("ringmoe").setLevel(logging.ERROR)

@@ -19,7 +19,7 @@ import torch
 from ringmoe.checkpoint.consolidate import consolidate, load_consolidated_model
 from ringmoe.checkpoint.safetensors_io import read_sharded
 from ringmoe.config.schema import DataConfig, load_config
-from ringmoe.data.loader import ShardStream
+from ringmoe.data.stream import ShardStream
 from ringmoe.prune.run import prune_checkpoint
 from tests.distributed.test_resume import _command, _run
 

@@ -48,7 +48,7 @@ def test_random_baseline_is_reproducible_by_seed():
 
 
 def test_pixel_baseline_and_missing_timm_are_explicit():
-    from ringmoe.eval.features import EncoderUnavailable
+    from ringmoe.eval.encoder import EncoderUnavailable
 
     pixels = load_encoder("pixels:32")
     maps = pixels.stages(torch.ones(2, 3, 32, 32), "optical")

@@ -12,7 +12,8 @@ import torch
 from ringmoe.config.evaluation import EvalConfig, EvalTaskConfig, FinetuneConfig
 from ringmoe.core.errors import ConfigError
 from ringmoe.eval.datasets import ADAPTERS
-from ringmoe.eval.features import EncoderUnavailable, load_encoder
+from ringmoe.eval.encoder import EncoderUnavailable
+from ringmoe.eval.features import load_encoder
 from ringmoe.eval.finetune import finetune_predict
 from ringmoe.eval.run import evaluate
 from ringmoe.eval.tasks import scene_classification

@@ -270,7 +270,7 @@ def test_objective_config_errors_name_the_key():
 def test_targets_are_deterministic_and_not_stored_in_shards(demo_shards):
     """Computed in the step from the batch: the same batch gives the same targets; shards hold only inputs."""
     from ringmoe.config.schema import DataConfig
-    from ringmoe.data.loader import ShardStream
+    from ringmoe.data.stream import ShardStream
 
     batch = next(iter(ShardStream(DataConfig(shards=str(demo_shards)))))
     assert batch.images["sar_complex"].shape[1] == 8 and batch.images["sar_amplitude"].shape[1] == 3
