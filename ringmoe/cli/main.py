@@ -1,4 +1,5 @@
-"""``ringmoe``: train | consolidate | reshard | prune | export | model-info | demo.
+"""``ringmoe``: train | consolidate | reshard | prune | export | eval | federated | export-eos | federated-server |
+federated-client | model-info | demo.
 
 Run ``train`` under a launcher for several processes (``torchrun --nproc_per_node 2 -m ringmoe.cli.main train
 ...``, ``deepspeed``, or ``srun``); a plain call runs one process.

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import torch
 
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ringmoe.core.plots import heatmap_png
 from ringmoe.eval.protocol import Interval
-from ringmoe.train.callbacks import heatmap_png
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Self-supervised objectives, one module per objective: SimMIM masking and the per-modality composite
-(``simmim``), complex-SAR scattering targets (``sar_complex``), SAR amplitude in dB (``sar_amplitude``) and
-spectral indices (``spectral``); ``build`` assembles them from a run config."""
+(``simmim``) with its masked losses (``masked``), complex-SAR scattering targets (``sar_complex``), SAR amplitude
+in dB (``sar_amplitude``), spectral indices (``spectral``), the RingMoE view contrast (``image_views``); SkySense's
+multi-granularity contrast (``contrastive``) over pixel-aligned views (``views``) and geo-context prototypes
+(``geo_prototypes``, balanced by ``sinkhorn``); ``build`` assembles them from a run config."""
 
 from ringmoe.objectives.masked import masked_l1
 from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss

@@ -8,14 +8,6 @@ import os
 import torch.distributed as dist
 
 
-def env_rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
-
-
 def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     """Initialise deepspeed.comm (it picks gloo on CPU, nccl on GPU) and return (rank, world_size).
 

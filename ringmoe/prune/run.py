@@ -25,6 +25,7 @@ from ringmoe.checkpoint.consolidate import load_consolidated_model, read_model_c
 from ringmoe.config.schema import RunConfig
 from ringmoe.core.errors import CheckpointError, ConfigError
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ringmoe.core.plots import heatmap_png
 from ringmoe.core.structured import to_yaml
 from ringmoe.data.loader import build_loader
 from ringmoe.objectives.build import build_objective
@@ -34,7 +35,6 @@ from ringmoe.prune.downstream import DownstreamRetention, downstream_retention, 
 from ringmoe.prune.plan import PrunePlan, make_plan
 from ringmoe.prune.rescale import fit_output_scales
 from ringmoe.prune.retention import reconstruction_losses, restrict, retention
-from ringmoe.train.callbacks import heatmap_png
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "routing_report.json"

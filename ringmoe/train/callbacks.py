@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from ringmoe.core.batch import ModelOutput
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json
+from ringmoe.core.plots import heatmap_png
 
 
 @dataclass
@@ -161,25 +162,3 @@ def load_callback_states(callbacks: list[Callback], states: dict[str, dict[str, 
     for callback in callbacks:
         if callback.name in states:
             callback.load_state(states[callback.name])
-
-
-def heatmap_png(share: torch.Tensor, names: list[str], cell: int = 12) -> bytes:
-    """A small labelled PNG of ``share`` (rows x columns in [0, 1]), dark blue (0) to yellow (1)."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    rows, cols = share.shape
-    label_width = 8 + 6 * max((len(n) for n in names), default=0)
-    image = Image.new("RGB", (label_width + cols * cell + 1, rows * cell + 1), "white")
-    draw = ImageDraw.Draw(image)
-    for r in range(rows):
-        draw.text((2, r * cell), names[r], fill="black")
-        for c in range(cols):
-            v = float(share[r, c])
-            color = (int(68 + 185 * v), int(1 + 230 * v), int(84 - 48 * v))
-            x0, y0 = label_width + c * cell, r * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=color)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -1,5 +1,6 @@
-"""The training loop: DeepSpeed engine over the expert-parallel model, physics-informed SimMIM objective,
-metrics, checkpoints, resume and preemption."""
+"""The training loop: DeepSpeed engine over the expert-parallel model, the recipe's objective (RingMoE's
+physics-informed SimMIM with view contrast, or SkySense's multi-granularity contrast over places), metrics,
+checkpoints, resume and preemption."""
 
 from __future__ import annotations
 
