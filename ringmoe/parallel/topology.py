@@ -24,6 +24,7 @@ class Topology:
     tensor_rank: int
     data_parallel_size: int
     data_rank: int
+    expert_parallel_size: int = 1  # experts of a layer spread over this many data-parallel peers
     mpu: Any = None  # megatron_mpu.MegatronMPU when tp > 1; None lets DeepSpeed build plain expert/data groups
 
     def data_parallel_group(self):
@@ -49,7 +50,7 @@ def init_topology(tensor_parallel: int, expert_parallel: int) -> Topology:
     world, rank = dist.get_world_size(), dist.get_rank()
     check_layout(world, tensor_parallel, expert_parallel)
     if tensor_parallel == 1:
-        return Topology(1, 0, world, rank)
+        return Topology(1, 0, world, rank, expert_parallel)
     from ringmoe.parallel import megatron_mpu
 
     mpu = megatron_mpu.initialize(tensor_parallel)
@@ -58,6 +59,7 @@ def init_topology(tensor_parallel: int, expert_parallel: int) -> Topology:
         tensor_rank=mpu.get_tensor_model_parallel_rank(),
         data_parallel_size=mpu.get_data_parallel_world_size(),
         data_rank=mpu.get_data_parallel_rank(),
+        expert_parallel_size=expert_parallel,
         mpu=mpu,
     )
 

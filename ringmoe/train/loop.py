@@ -84,7 +84,7 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
         single_device = initial_model(Path(config.train.init_from))  # e.g. fine-tuning a pruned model
     else:
         single_device = build_pretraining_model(config.model, seed=config.train.seed)
-    model = parallelize(single_device, topology, config.parallel.expert_parallel_size)
+    model = parallelize(single_device, topology)
     if hasattr(model, "freeze_teacher"):
         model.freeze_teacher()  # an EMA teacher: parallelization's new layers must not reach the optimizer
     engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
