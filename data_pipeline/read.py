@@ -21,27 +21,14 @@ from rasterio.windows import Window
 
 from data_pipeline.config import InputSpec, ScalingSpec, scene_pattern
 from data_pipeline.encoding import apply_scaling, check_encoding, scaled_nodata
-from data_pipeline.handles import RasterHandles
+from data_pipeline.handles import RasterHandles, gdal_reason, open_dataset
 from data_pipeline.safe import is_s2_product, read_s2_product
 from data_pipeline.scene import Scene
-from data_pipeline.sentinel1 import is_s1_grd, read_s1_product
+from data_pipeline.sentinel1 import is_s1_grd, polarisations, read_s1_product
 from data_pipeline.stac import expand_collections, is_stac_item, stac_item_bands
-from data_pipeline.subdatasets import open_raster, subdataset_uris
+from data_pipeline.subdatasets import subdataset_uris
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
-
-
-def gdal_reason(exc: BaseException) -> str:
-    """rasterio's message with GDAL's own beneath it: a failed read says only "Read failed. See previous
-    exception for details." and keeps GDAL's message (the file, the block, the codec) in ``__cause__``."""
-    messages: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(messages) < 5:
-        text = str(seen).replace("See previous exception for details.", "").strip()
-        if text and text not in messages:
-            messages.append(text)
-        seen = seen.__cause__ or seen.__context__
-    return ": ".join(messages) or type(exc).__name__
 
 
 def find_scenes(spec: InputSpec, config_dir: Path) -> list[Path]:
@@ -159,11 +146,11 @@ def _resolve_product(path: Path, name: str, spec: InputSpec, sensor: SensorSpec)
     bands = sensor.modality_bands
     if is_s1_grd(path):
         grd = read_s1_product(path)
-        polarisations = [(sensor.band(b).polarization or b).upper() for b in bands]
-        missing = [p for p in polarisations if p not in grd.measurements]
+        wanted = polarisations(sensor)
+        missing = [p for p in wanted if p not in grd.measurements]
         if missing:
             raise DataError(f"{path}: polarisations {missing} of source {sensor.name!r} are not in this GRD product")
-        files = [grd.measurements[p] for p in polarisations]
+        files = [grd.measurements[p] for p in wanted]
         return Scene(name, path, files, [1] * len(bands), 1, time=grd.time, product=grd, crs=spec.crs)
     product = read_s2_product(path)
     missing = [b for b in bands if b not in product.band_files]
@@ -222,10 +209,7 @@ class SceneReader(RasterHandles):
         self._mask: Optional[rasterio.DatasetReader] = None
         try:
             for source in dict.fromkeys(self._sources):
-                try:
-                    self._datasets[source] = open_raster(source)
-                except RasterioError as exc:
-                    raise DataError(f"{source}: cannot open raster ({gdal_reason(exc)})") from None
+                self._datasets[source] = open_dataset(source)
             self._check()
             if scene.invalid_mask is not None:
                 self._open_mask(scene.invalid_mask)

@@ -30,7 +30,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from data_pipeline.encoding import check_encoding
-from data_pipeline.handles import RasterHandles
+from data_pipeline.handles import RasterHandles, open_dataset
 from ringmoe.core.errors import DataError
 from ringmoe.core.sensors import SensorSpec
 
@@ -160,10 +160,7 @@ class S2ProductReader(RasterHandles):
 
     def __init__(self, product: S2Product, sensor: SensorSpec) -> None:
         self.product = product
-        self.bands = list(sensor.modality_bands)
-        missing = [b for b in self.bands if b not in product.band_files]
-        if missing:
-            raise DataError(f"{product.path}: bands {missing} of source {sensor.name!r} are not in the product")
+        self.bands = list(sensor.modality_bands)  # every one in the product: resolve_scene checked
         scale = 1.0 / product.quantification
         if sensor.normalization.kind != "reflectance" or not math.isclose(scale, sensor.normalization.scale):
             raise DataError(
@@ -174,9 +171,9 @@ class S2ProductReader(RasterHandles):
         self._mask: Optional[rasterio.DatasetReader] = None
         try:
             for band in self.bands:
-                self._datasets[band] = _open(product.band_files[band])
+                self._datasets[band] = open_dataset(product.band_files[band])
             if product.mask is not None:
-                self._mask = _open(product.mask)
+                self._mask = open_dataset(product.mask)
             self._grid = min(self._datasets.values(), key=lambda ds: ds.res[0])
             for band, ds in self._datasets.items():
                 _check_grid(ds, self._grid, product.band_files[band])
@@ -226,13 +223,6 @@ class S2ProductReader(RasterHandles):
             return np.logical_or.reduce(flags)
         except RasterioError as exc:
             raise DataError(f"{self.product.mask}: read of window {window} failed ({exc})") from None
-
-
-def _open(path: Path) -> rasterio.DatasetReader:
-    try:
-        return rasterio.open(path)
-    except RasterioError as exc:
-        raise DataError(f"{path}: cannot open raster ({exc})") from None
 
 
 def _check_grid(ds, grid, path: Path) -> None:

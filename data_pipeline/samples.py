@@ -68,11 +68,7 @@ def read_window(reader, window, sensor: SensorSpec) -> tuple[np.ndarray, np.ndar
     of one window of a scene on its own grid."""
     raw = reader.read(window)
     nonfinite = int(np.count_nonzero(~np.isfinite(raw).all(axis=0)))
-    valid = valid_mask(raw, sensor, reader.file_nodata())
-    invalid = reader.invalid(window)
-    if invalid is not None:
-        valid &= ~invalid
-    return raw, valid, nonfinite
+    return raw, valid_mask(raw, sensor, reader.file_nodata(), reader.invalid(window)), nonfinite
 
 
 def read_normalized(reader, window, sensor: SensorSpec, standardize=None):
@@ -96,15 +92,11 @@ def tile_members(
     must say to decode them (``encoding``, ``band_offsets``; nothing for float32)."""
     if keeps_source(raw, tiles.encoding):
         image, mask = stored_raw(raw, valid), pack_valid(valid)
-        recorded = (
-            {"encoding": SOURCE_ENCODING} if offsets is None else {"encoding": SOURCE_ENCODING, "band_offsets": offsets}
-        )
+        recorded: dict = {"encoding": SOURCE_ENCODING}
+        if offsets is not None:
+            recorded["band_offsets"] = offsets
     else:
-        standardize = tiles.standardize.get(sensor.name)
-        if raw.ndim == 4:
-            image = np.stack([normalize_valid(r, v, sensor, standardize, offsets) for r, v in zip(raw, valid)])
-        else:
-            image = normalize_valid(raw, valid, sensor, standardize, offsets)
+        image = normalize_valid(raw, valid, sensor, tiles.standardize.get(sensor.name), offsets)
         mask, recorded = valid.astype(np.uint8), {}
     return {prefix + IMAGE_EXT: npy_bytes(image), prefix + VALID_EXT: npy_bytes(mask)}, recorded
 
@@ -313,9 +305,11 @@ def _sequence(group: SequenceGroup, stream: str, tiles: TileSettings, start: int
                 if cube:
                     masks = ref.invalid(window)
                     raws = ref.read_sequence(window)
-                    valids = [valid_mask(raw, sensor, ref.file_nodata()) for raw in raws]
-                    if masks is not None:
-                        valids = [ok & ~mask for ok, mask in zip(valids, masks)]
+                    nodata = ref.file_nodata()
+                    valids = [
+                        valid_mask(raw, sensor, nodata, None if masks is None else masks[t])
+                        for t, raw in enumerate(raws)
+                    ]
                 else:
                     first, first_valid, _ = read_window(ref, window, sensor)
                     offsets = band_offsets(ref)

@@ -31,7 +31,7 @@ from rasterio.warp import reproject
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
-from data_pipeline.handles import RasterHandles
+from data_pipeline.handles import RasterHandles, open_dataset
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
 
@@ -119,6 +119,11 @@ def read_s1_product(path: Path) -> S1Product:
     return product
 
 
+def polarisations(sensor: SensorSpec) -> list[str]:
+    """The polarisation of each modality band (its ``polarization``, else its name), upper case."""
+    return [(sensor.band(b).polarization or b).upper() for b in sensor.modality_bands]
+
+
 def utm_crs(lon: float, lat: float) -> CRS:
     zone = min(60, int((lon + 180) // 6) + 1)
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
@@ -132,10 +137,7 @@ class S1GrdReader(RasterHandles):
         if norm.kind != "db" or not norm.input_is_db:
             raise DataError(f"{product.path}: a GRD product gives sigma0 in dB; source {sensor.name!r} expects other")
         self.product = product
-        self.polarisations = [(sensor.band(b).polarization or b).upper() for b in sensor.modality_bands]
-        missing = [p for p in self.polarisations if p not in product.measurements]
-        if missing:
-            raise DataError(f"{product.path}: polarisations {missing} of source {sensor.name!r} are not in it")
+        self.polarisations = polarisations(sensor)  # every one in the product: resolve_scene checked
         self._datasets: dict[str, rasterio.DatasetReader] = {}
         try:
             for polarisation in dict.fromkeys(self.polarisations):
@@ -149,10 +151,17 @@ class S1GrdReader(RasterHandles):
                 if ds.shape != first.shape or _points(ds.gcps[0]) != _points(gcps):
                     raise DataError(f"{product.measurements[polarisation]}: grid or GCPs differ from the other band")
             self._gcps, self._gcp_crs, self._radar_shape = gcps, gcp_crs, first.shape
+            self._to_radar = GCPTransformer(gcps, tps=True)  # solved once, not per tile
             self._grid(crs, float(sensor.gsd_m))
         except BaseException:
             self.close()
             raise
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_to_radar", None) is not None:
+            self._to_radar.close()
+            self._to_radar = None
 
     def _grid(self, crs: str, pixel: float) -> None:
         lons = [g.x for g in self._gcps]
@@ -225,8 +234,7 @@ class S1GrdReader(RasterHandles):
         edge = [(u, v) for u in steps for v in (0.0, 1.0)] + [(v, u) for u in steps for v in (0.0, 1.0)]
         xs, ys = zip(*[tile * (u * width, v * height) for u, v in edge])
         lons, lats = transform_points(self._crs, self._gcp_crs, list(xs), list(ys))
-        with GCPTransformer(self._gcps, tps=True) as transformer:
-            rows, cols = transformer.rowcol(lons, lats, op=float)
+        rows, cols = self._to_radar.rowcol(lons, lats, op=float)
         lines, pixels = self._radar_shape
         row0, row1 = max(0, math.floor(min(rows)) - MARGIN_PX), min(lines, math.ceil(max(rows)) + MARGIN_PX)
         col0, col1 = max(0, math.floor(min(cols)) - MARGIN_PX), min(pixels, math.ceil(max(cols)) + MARGIN_PX)
@@ -236,10 +244,7 @@ class S1GrdReader(RasterHandles):
 
 
 def _open_measurement(path: Path) -> rasterio.DatasetReader:
-    try:
-        ds = rasterio.open(path)
-    except RasterioError as exc:
-        raise DataError(f"{path}: cannot open raster ({exc})") from None
+    ds = open_dataset(path)
     if ds.count != 1 or ds.dtypes[0] != "uint16":
         ds.close()
         raise DataError(f"{path}: a GRD measurement is one uint16 band of amplitude DN, found {ds.count} x {ds.dtypes}")

@@ -23,14 +23,7 @@ import numpy as np
 
 from data_pipeline.manifest import manifest_path, read_manifest, sha256_file
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import (
-    IMAGE_EXT,
-    META_EXT,
-    VALID_EXT,
-    check_member_name,
-    expected_members,
-    parse_index,
-)
+from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, check_member_name, expected_members, parse_index
 from ringmoe.core.tiles import TileDecoder, manifest_decoders, normalized_arrays
 
 log = logging.getLogger(__name__)

@@ -46,10 +46,7 @@ def warp_tile(reader, sensor: SensorSpec, dst_transform: Affine, dst_crs: str, s
     if window is None:
         return empty
     raw = reader.read(window)
-    ok = valid_mask(raw, sensor, reader.file_nodata())
-    invalid = reader.invalid(window)
-    if invalid is not None:
-        ok &= ~invalid
+    ok = valid_mask(raw, sensor, reader.file_nodata(), reader.invalid(window))
     offsets = band_offsets(reader)
     if offsets is not None:  # a product's radiometric offsets, added before resampling (values, not codes)
         raw = raw.astype(np.float64) + np.asarray(offsets, dtype=np.float64)[:, None, None]

@@ -36,8 +36,21 @@ def channel_names(sensor: SensorSpec) -> list[str]:
     return [names[i % len(names)] for i in range(sensor.channels())]  # fill_channels: replicate repeats them
 
 
-def valid_mask(raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]] = ()) -> np.ndarray:
-    """``(H, W)`` bool: True where every band of ``raw`` ``(B, H, W)`` holds data."""
+def valid_mask(
+    raw: np.ndarray,
+    sensor: SensorSpec,
+    file_nodata: Sequence[Optional[float]] = (),
+    invalid: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """``(H, W)`` bool: True where every band of ``raw`` ``(B, H, W)`` holds data and ``invalid`` (``(H, W)``
+    bool of extra invalid pixels: clouds) is not set."""
+    valid = _holds_data(raw, sensor, file_nodata)
+    if invalid is not None:
+        valid &= ~invalid
+    return valid
+
+
+def _holds_data(raw: np.ndarray, sensor: SensorSpec, file_nodata: Sequence[Optional[float]]) -> np.ndarray:
     kind = sensor.normalization.kind
     if kind == "complex":
         # Complex rasters carry no nodata value; zero magnitude is the fill of SLC products.
@@ -67,9 +80,7 @@ def normalize(
     ``invalid``: ``(H, W)`` bool of extra invalid pixels (clouds); ``standardize``: per-channel ``[mean, std]``
     (from ``ringmoe-data stats``) applied after the kind's normalization; ``offsets``: see ``normalize_valid``.
     """
-    valid = valid_mask(raw, sensor, file_nodata)
-    if invalid is not None:
-        valid &= ~invalid
+    valid = valid_mask(raw, sensor, file_nodata, invalid)
     return normalize_valid(raw, valid, sensor, standardize, offsets), valid.astype(np.uint8)
 
 
@@ -85,7 +96,10 @@ def normalize_valid(
 
     ``offsets``: per band, added to the stored values before the scale (a product's radiometric offset, e.g.
     Sentinel-2 processing baseline >= 04.00: reflectance = (DN - 1000) / 10000); reflectance sources only.
+    A stack ``(T, B, H, W)`` with masks ``(T, H, W)`` is normalized step by step into ``(T, C, H, W)``.
     """
+    if raw.ndim == 4:
+        return np.stack([normalize_valid(r, v, sensor, standardize, offsets) for r, v in zip(raw, valid)])
     norm = sensor.normalization
     lo, hi = (float(v) for v in norm.clip)
     if offsets is not None and norm.kind != "reflectance":

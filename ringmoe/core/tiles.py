@@ -76,8 +76,6 @@ class TileDecoder:
             raise ValueError(f"valid mask {valid.shape} does not fit the raw tile {raw.shape}")
         if offsets is not None and (not isinstance(offsets, list) or len(offsets) != bands):
             raise ValueError(f"band_offsets {offsets!r:.80} is not a list of {bands} numbers")
-        if raw.ndim == 4:
-            return np.stack([normalize_valid(r, v, self.sensor, self.standardize, offsets) for r, v in zip(raw, valid)])
         return normalize_valid(raw, valid, self.sensor, self.standardize, offsets)
 
 
