@@ -1,7 +1,7 @@
 """Write samples into webdataset tar shards with their index, atomically, hashing as they are written.
 
 Each shard goes to ``<name>.tmp`` and is renamed into place only once complete and fsynced, so a crash never
-leaves a truncated ``.tar`` under a final name; its index (``<name>.idx.json``, member offsets and sha256) is
+leaves a truncated ``.tar`` under a final name; its index (``<name>.idx.json``, member offsets and digests) is
 written before the rename. Members get a fixed mtime, so equal samples give byte-identical shards (and equal
 sha256) on every rebuild.
 """
@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ringmoe.core.digests import member_digest
 from ringmoe.core.files import atomic_write_bytes
 from ringmoe.core.schema import MANIFEST_FORMAT_VERSION, index_name
 
@@ -140,7 +141,7 @@ class ShardWriter:
             offsets[ext] = [
                 position + header_bytes(name, len(payload)),
                 len(payload),
-                hashlib.sha256(payload).hexdigest(),
+                member_digest(payload),
             ]
             position += member_bytes(name, payload)
         self._members_size = position

@@ -2,14 +2,13 @@
 
 Per shard: present, same size and sha256 as the manifest, index present with the recorded sha256, tar members
 safe (no absolute or ``..`` names), exactly the samples and members the index lists at the offsets it gives.
-``deep`` also decodes every sample (``allow_pickle=False``) and checks member sha256, dtype, shape, channel
+``deep`` also decodes every sample (``allow_pickle=False``) and checks member digests, dtype, shape, channel
 count and finite pixels, and goes on past a shard checksum mismatch to name the damaged samples. A bad shard or
 sample is recorded as quarantined; ``strict`` raises at the first one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from data_pipeline.manifest import manifest_path, read_manifest, sha256_file
+from ringmoe.core.digests import digest_like
 from ringmoe.core.errors import DataError
 from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, check_member_name, expected_members, parse_index
 from ringmoe.core.tiles import TileDecoder, manifest_decoders, normalized_arrays
@@ -109,7 +109,7 @@ def _check_shard(
         problem(path, f"sha256 {digest} does not match the manifest ({entry['sha256']})")
         if not deep:
             return None
-        # Deep goes on through the index to name the damaged samples (each member has its own sha256).
+        # Deep goes on through the index to name the damaged samples (each member has its own digest).
     if not index_path.is_file():
         return problem(path, f"index {index_path.name} is missing")
     if sha256_file(index_path) != entry["index_sha256"]:
@@ -171,8 +171,11 @@ def _check_sample(
 ) -> str:
     """Why a sample is bad, or "" if it is fine."""
     for ext, (_, _, digest) in members.items():
-        if hashlib.sha256(data[ext]).hexdigest() != digest:
-            return f"member {ext!r} does not match its sha256 (corrupt member)"
+        try:
+            if digest_like(data[ext], digest) != digest:
+                return f"member {ext!r} does not match its digest (corrupt member)"
+        except ValueError as exc:
+            return f"member {ext!r}: {exc}"
     try:
         meta = json.loads(data[META_EXT])
         arrays = {

@@ -19,7 +19,7 @@ nodata; complex pixels also need a magnitude > 0; linear amplitude for ``db`` mu
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -90,6 +90,7 @@ def normalize_valid(
     sensor: SensorSpec,
     standardize: Optional[Sequence[Sequence[float]]] = None,
     offsets: Optional[Sequence[float]] = None,
+    out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """The float32 ``(C, H, W)`` model input of ``raw`` ``(B, H, W)`` whose valid pixels are ``valid``
     ``(H, W)``; invalid pixels are 0. The ingest and the loader of source-dtype shards both normalize here.
@@ -97,6 +98,7 @@ def normalize_valid(
     ``offsets``: per band, added to the stored values before the scale (a product's radiometric offset, e.g.
     Sentinel-2 processing baseline >= 04.00: reflectance = (DN - 1000) / 10000); reflectance sources only.
     A stack ``(T, B, H, W)`` with masks ``(T, H, W)`` is normalized step by step into ``(T, C, H, W)``.
+    ``out``: a float32 ``(C, H, W)`` array to write into (a batch's slot), returned.
     """
     if raw.ndim == 4:
         return np.stack([normalize_valid(r, v, sensor, standardize, offsets) for r, v in zip(raw, valid)])
@@ -104,31 +106,49 @@ def normalize_valid(
     lo, hi = (float(v) for v in norm.clip)
     if offsets is not None and norm.kind != "reflectance":
         raise ConfigError(f"source {sensor.name!r}: band offsets apply to reflectance sources, not {norm.kind!r}")
-    if norm.kind == "reflectance" and offsets is not None:
-        image = raw.astype(np.float64) + np.asarray(offsets, dtype=np.float64)[:, None, None]
-        image *= norm.scale
-        np.clip(image, lo, hi, out=image)
-    elif norm.kind == "reflectance":  # in place: the same values as np.clip(raw * scale, lo, hi), fewer copies
-        image = np.multiply(raw, norm.scale, dtype=np.float64)
-        np.clip(image, lo, hi, out=image)
-    elif norm.kind == "db":
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # log10(0) = -inf, then clipped
-            image = _to_unit_db(raw, sensor, lo, hi)
-    elif norm.kind == "complex":
-        iq = np.stack([raw.real, raw.imag], axis=1).reshape(-1, *raw.shape[1:])  # (2B, H, W): I, Q per band
-        image = np.clip(iq.astype(np.float64) * norm.scale, lo, hi)
-    else:
-        raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
-    if image.shape[0] < sensor.channels():  # fill_channels: replicate (a panchromatic or single-pol sensor)
-        image = image[[i % image.shape[0] for i in range(sensor.channels())]]
-    if standardize is not None:
-        mean, std = (np.asarray(v, dtype=np.float64)[:, None, None] for v in standardize)
-        image = (image - mean) / np.where(std > 0, std, 1.0)
-    image = image.astype(np.float32)
+    # float64 arithmetic rounded once to float32, plane by plane: a plane's temporaries stay in cache, and
+    # per-plane scalars avoid numpy's slow broadcast of (C, 1, 1) operands (8x the time of the whole rest).
+    planes = list(_kind_planes(raw, sensor, lo, hi, offsets))
+    image = np.empty((sensor.channels(), *raw.shape[-2:]), np.float32) if out is None else out
+    scratch = np.empty(raw.shape[-2:], np.float64)
+    for channel in range(len(image)):
+        plane = planes[channel % len(planes)]  # fill_channels: replicate (a panchromatic or single-pol sensor)
+        if standardize is not None:
+            mean, std = standardize[0][channel], standardize[1][channel]
+            plane = np.subtract(plane, mean, out=scratch)
+            if std > 0:
+                plane /= std
+        image[channel] = plane
     invalid = ~valid.astype(bool)
     if invalid.any():
         np.copyto(image, 0.0, where=invalid)  # +0.0 like a masked assignment, without its gather
     return image
+
+
+def _kind_planes(
+    raw: np.ndarray, sensor: SensorSpec, lo: float, hi: float, offsets: Optional[Sequence[float]]
+) -> Iterator[np.ndarray]:
+    """The normalization kind's float64 ``(H, W)`` channels of ``raw`` ``(B, H, W)``, before standardizing."""
+    norm = sensor.normalization
+    if norm.kind == "reflectance":
+        for band, values in enumerate(raw):
+            if offsets is not None:
+                plane = values.astype(np.float64)
+                plane += offsets[band]
+                plane *= norm.scale
+            else:
+                plane = np.multiply(values, norm.scale, dtype=np.float64)
+            yield np.clip(plane, lo, hi, out=plane)
+    elif norm.kind == "db":
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # log10(0) = -inf, then clipped
+            yield from _to_unit_db(raw, sensor, lo, hi)
+    elif norm.kind == "complex":
+        for values in raw:  # I, Q per band
+            for part in (values.real, values.imag):
+                plane = np.multiply(part, norm.scale, dtype=np.float64)
+                yield np.clip(plane, lo, hi, out=plane)
+    else:
+        raise ConfigError(f"source {sensor.name!r}: unknown normalization kind {norm.kind!r}")
 
 
 def _to_unit_db(raw: np.ndarray, sensor: SensorSpec, lo: float, hi: float) -> np.ndarray:

@@ -18,8 +18,9 @@ A dataset is a directory (or URL) holding ``manifest.json`` and webdataset tar s
 Only ``.npy`` (loaded with ``allow_pickle=False``) and ``.json`` members exist; nothing is ever unpickled.
 
 **Shard index** (``<shard>.idx.json`` beside each shard): ``{"format_version", "shard", "samples": [{"key",
-"members": {ext: [data_offset, size, sha256]}}]}`` in tar order. Offsets let a loader read one sample with one
-ranged read (local file or fsspec) and check each member's sha256 without hashing the whole shard.
+"members": {ext: [data_offset, size, digest]}}]}`` in tar order. Offsets let a loader read one sample with one
+ranged read (local file or fsspec) and check each member's digest (``ringmoe.core.digests``: xxh3-128, or the
+plain sha256 of format <= 3) without hashing the whole shard.
 
 **Manifest** (``manifest.json``): ``format_version``, ``config`` and ``config_hash`` of the build, totals, per
 source sections, ``skipped`` and ``quarantined`` reports, and ``shards``: one entry per shard with ``path``,
@@ -37,8 +38,9 @@ from typing import Any
 from ringmoe.core.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT_VERSION = 3  # 3: tiles may be source-encoded (ringmoe.core.tiles)
-READABLE_FORMAT_VERSIONS = (2, 3)  # 2: every tile float32, still read
+MANIFEST_FORMAT_VERSION = 4  # 4: members carry "<algorithm>:<hex>" digests (ringmoe.core.digests)
+# 3: tiles may be source-encoded (ringmoe.core.tiles), member sha256; 2: every tile float32. Both still read.
+READABLE_FORMAT_VERSIONS = (2, 3, 4)
 INDEX_SUFFIX = ".idx.json"
 IMAGE_EXT = "image.npy"
 VALID_EXT = "valid.npy"

@@ -65,9 +65,16 @@ class TileDecoder:
     sensor: SensorSpec
     standardize: Optional[Sequence[Sequence[float]]] = None
 
-    def image(self, raw: np.ndarray, packed_valid: np.ndarray, offsets: Optional[Sequence[float]] = None) -> np.ndarray:
+    def image(
+        self,
+        raw: np.ndarray,
+        packed_valid: np.ndarray,
+        offsets: Optional[Sequence[float]] = None,
+        out: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
         """float32 ``(C, H, W)`` (or ``(T, C, H, W)`` from ``(T, B, H, W)``); a malformed tile is a ``ValueError``.
-        ``offsets``: the per-band radiometric offsets the sample's JSON records (``band_offsets``)."""
+        ``offsets``: the per-band radiometric offsets the sample's JSON records (``band_offsets``); ``out``: a
+        float32 ``(C, H, W)`` array to decode a single tile into."""
         bands = len(self.sensor.modality_bands)
         if raw.ndim not in (3, 4) or raw.shape[-3] != bands or raw.dtype not in SOURCE_DTYPES:
             raise ValueError(f"raw tile is {raw.dtype} {raw.shape}, expected {bands} bands of a source dtype")
@@ -76,7 +83,9 @@ class TileDecoder:
             raise ValueError(f"valid mask {valid.shape} does not fit the raw tile {raw.shape}")
         if offsets is not None and (not isinstance(offsets, list) or len(offsets) != bands):
             raise ValueError(f"band_offsets {offsets!r:.80} is not a list of {bands} numbers")
-        return normalize_valid(raw, valid, self.sensor, self.standardize, offsets)
+        if out is not None and (raw.ndim != 3 or out.shape != (self.sensor.channels(), *raw.shape[-2:])):
+            raise ValueError(f"raw tile {raw.shape} does not decode into {out.shape}")
+        return normalize_valid(raw, valid, self.sensor, self.standardize, offsets, out)
 
 
 def tile_decoders(manifest: dict[str, Any], sensors: Mapping[str, SensorSpec]) -> dict[str, TileDecoder]:

@@ -7,7 +7,6 @@ unreadable index, corrupt tar) and is remembered per shard so the file is not re
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -17,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from ringmoe.core.digests import digest_like
 from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT
 from ringmoe.core.tiles import SOURCE_ENCODING, TileDecoder
 
@@ -44,10 +44,13 @@ class BadShard(BadSample):
     pass
 
 
-def check_sha256(ext: str, data: bytes | memoryview, expected: str) -> None:
-    actual = hashlib.sha256(data).hexdigest()
+def check_digest(ext: str, data: bytes | memoryview, expected: str) -> None:
+    try:
+        actual = digest_like(data, expected)
+    except ValueError as exc:
+        raise BadSample(BAD_INDEX, f"member {ext!r}: {exc}") from None
     if actual != expected:
-        raise BadSample(CHECKSUM, f"member {ext!r} has sha256 {actual[:12]}..., the index says {expected[:12]}...")
+        raise BadSample(CHECKSUM, f"member {ext!r} has digest {actual[:20]}..., the index says {expected[:20]}...")
 
 
 # The header np.save writes for a C-order array of a plain numeric dtype (format 1.0): parsed by this regex
@@ -92,9 +95,13 @@ def decode_tile(
     channels: int,
     tile: int,
     steps: bool = False,
+    out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """The model input of one tile (``part`` is a pair part's member prefix, "" otherwise; ``meta`` its JSON,
-    or its ``parts`` entry) in either encoding (``ringmoe.core.tiles``), checked by ``check_image``."""
+    or its ``parts`` entry) in either encoding (``ringmoe.core.tiles``), checked by ``check_image``.
+
+    ``out`` (float32 ``(channels, tile, tile)``): a source-encoded tile of that shape is decoded into it (saves
+    a copy of every tile); then it is the result. ``out`` may be written even when the tile turns out bad."""
     encoding = meta.get("encoding")
     image_ext, valid_ext = part + IMAGE_EXT, part + VALID_EXT
     for ext in (image_ext, valid_ext) if encoding is not None else (image_ext,):
@@ -110,7 +117,13 @@ def decode_tile(
     if raw.dtype.kind in "fc" and not np.isfinite(raw).all():  # clipping would hide it; the ingest writes none
         raise BadSample(NON_FINITE, f"{image_ext} has {int(raw.size - np.isfinite(raw).sum())} NaN/inf value(s)")
     try:
-        image = decoder.image(raw, packed, meta.get("band_offsets"))
+        fits = (
+            out is not None
+            and raw.ndim == 3
+            and raw.shape[-2:] == (tile, tile)
+            and decoder.sensor.channels() == channels
+        )
+        image = decoder.image(raw, packed, meta.get("band_offsets"), out if fits else None)
     except ValueError as exc:
         raise BadSample(BAD_IMAGE, f"{image_ext}: {exc}") from None
     return check_image(image, channels, tile, steps)

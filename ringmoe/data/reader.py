@@ -3,7 +3,7 @@
 Random-access stores read a sample's member span (its members are contiguous in the tar) with one ranged
 read; stream stores read the whole shard once (tar parsed in stream mode by ``read_shard_members``, which
 refuses absolute or '..' member names) into a small LRU of decoded shards. Either way every member is checked
-against the sha256 in the shard's index, and the index against the manifest.
+against the digest in the shard's index, and the index against the manifest's sha256.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ringmoe.data.checks import (
     UNREADABLE_SHARD,
     BadSample,
     BadShard,
-    check_sha256,
+    check_digest,
     decode_meta,
     decode_tile,
 )
@@ -38,7 +38,7 @@ INDEXES_CACHED = 256  # parsed indexes are ~100 bytes per sample; this bounds a 
 
 @dataclass(frozen=True)
 class Entry:
-    """One sample of a shard index, checked: ``members`` ext -> (data offset, size, sha256); the members span
+    """One sample of a shard index, checked: ``members`` ext -> (data offset, size, digest); the members span
     bytes ``[start, end)`` of the shard."""
 
     key: str
@@ -63,8 +63,8 @@ def parse_entry(raw: Any, number: int) -> Entry | BadSample:
 
 
 class ShardReader:
-    """One worker's reader: ``read_into(shard, i, out)`` checks sample ``i`` and copies its image into ``out``,
-    or raises ``BadSample`` saying what is wrong (``out`` is then left as it was)."""
+    """One worker's reader: ``read_into(shard, i, out)`` checks sample ``i`` and writes its image into ``out``,
+    or raises ``BadSample`` saying what is wrong (``out`` may then hold part of the bad tile)."""
 
     def __init__(
         self,
@@ -95,15 +95,15 @@ class ShardReader:
         """Sample ``i``'s key; its image is copied into ``out`` (float32 ``(C, H, W)``)."""
         key, data, meta = self.read_checked(shard, i, shard.source)
         decoder = self.decoders.get(shard.source)
-        image = decode_tile(data, "", meta, decoder, self.channels[shard.source], self.tile)
-        # A float32 image may view the store's read buffer: copy it out before the next read.
-        np.copyto(out, image)
+        image = decode_tile(data, "", meta, decoder, self.channels[shard.source], self.tile, out=out)
+        if image is not out:  # a float32 image may view the store's read buffer: copy it out before the next read
+            np.copyto(out, image)
         return key
 
     def read_checked(
         self, shard: ShardInfo, i: int, source: str | None
     ) -> tuple[str, dict[str, bytes | memoryview], dict]:
-        """Sample ``i``'s key, its members (every sha256 checked; they may view the read buffer) and its
+        """Sample ``i``'s key, its members (every digest checked; they may view the read buffer) and its
         decoded metadata, which must name ``source`` when given (pairs and sequences name their parts)."""
         entry = self._index(shard)[i]
         if isinstance(entry, BadSample):
@@ -111,10 +111,10 @@ class ShardReader:
         if shard.path in self._bad:
             raise self._bad[shard.path]
         data = self._members_random(shard, entry) if self.store.random_access else self._members_whole(shard, entry)
-        for ext, (_, _, sha256) in entry.members.items():
+        for ext, (_, _, digest) in entry.members.items():
             if ext not in data:
                 raise BadSample(MISSING_MEMBER, f"member {entry.key}.{ext} is not in the shard")
-            check_sha256(ext, data[ext], sha256)
+            check_digest(ext, data[ext], digest)
         return entry.key, data, decode_meta(data[META_EXT], source)
 
     def close(self) -> None:
@@ -200,7 +200,7 @@ class ShardReader:
 
 
 def _is_span(value: Any) -> bool:
-    """``[offset, size, sha256]`` with non-negative int offset and size."""
+    """``[offset, size, digest]`` with non-negative int offset and size."""
     return (
         isinstance(value, list)
         and len(value) == 3

@@ -158,7 +158,7 @@ def test_missing_shard(dataset: Path) -> None:
 def test_index_not_matching_the_manifest(dataset: Path) -> None:
     index = dataset / f"{SHARD}.idx.json"
     bad = {s["key"] for s in index_samples(dataset, SHARD)}
-    index.write_text(index.read_text().replace('"format_version":3', '"format_version": 3'))
+    index.write_text(index.read_text().replace('"format_version":4', '"format_version": 4'))
     check_quarantined(dataset, bad, "bad index", "does not match its sha256 in the manifest")
 
 

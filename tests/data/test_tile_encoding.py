@@ -94,23 +94,32 @@ def test_a_zarr_time_cube_is_stored_in_its_dtype_and_loads_as_float32_would(real
     assert all(np.array_equal(a.images["multispectral"], b.images["multispectral"]) for a, b in zip(first, second))
 
 
-def test_a_format_2_dataset_is_still_read(both_encodings, tmp_path):
-    """A dataset written before source-dtype tiles: format_version 2 in the manifest and every index."""
+@pytest.mark.parametrize("version, encoding", [(2, "float32"), (3, "source")])
+def test_datasets_of_older_formats_are_still_read(both_encodings, tmp_path, version, encoding):
+    """Datasets written before xxh3 member digests (format 3: plain sha256 per member) and before source-dtype
+    tiles (format 2, every tile float32): read to the same batches, their member sha256 checked."""
     old = tmp_path / "old"
     old.mkdir()
-    data = manifest(both_encodings["float32"])
-    data["format_version"] = 2
+    data = manifest(both_encodings[encoding])
+    data["format_version"] = version
     for entry in data["shards"]:
-        (old / entry["path"]).write_bytes((both_encodings["float32"] / entry["path"]).read_bytes())
-        index = json.loads((both_encodings["float32"] / entry["index"]).read_text())
-        index["format_version"] = 2
+        shard = (both_encodings[encoding] / entry["path"]).read_bytes()
+        (old / entry["path"]).write_bytes(shard)
+        index = json.loads((both_encodings[encoding] / entry["index"]).read_text())
+        index["format_version"] = version
+        for sample in index["samples"]:
+            for span in sample["members"].values():
+                span[2] = hashlib.sha256(shard[span[0] : span[0] + span[1]]).hexdigest()
         raw = json.dumps(index).encode()
         (old / entry["index"]).write_bytes(raw)
         entry["index_sha256"] = hashlib.sha256(raw).hexdigest()
-    del data["sensors"]  # format 2 manifests before user sensors: the built-in registry
+    if version == 2:
+        del data["sensors"]  # format 2 manifests before user sensors: the built-in registry
     (old / "manifest.json").write_text(json.dumps(data))
     assert same_batches(take(loader_config(old), 4), take(loader_config(both_encodings["source"]), 4))
     assert set(take(loader_config(old), 1)[0].images) == set(MODALITIES)
+    report = verify(old, deep=True)
+    assert report["samples"] == data["samples"] and not report["problems"]
 
 
 def test_an_unknown_encoding_is_a_config_error(tmp_path):

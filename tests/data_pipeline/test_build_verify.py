@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 import webdataset as wds
 
 import data_pipeline.samples as samples_module
@@ -33,7 +34,7 @@ def _manifest(out_dir: Path) -> dict:
 
 def test_demo_build_covers_every_modality(demo_build):
     manifest = _manifest(demo_build)
-    assert manifest["format_version"] == 3 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
+    assert manifest["format_version"] == 4 and manifest["tile_size"] == 64 and manifest["tile_stride"] == 56
     assert manifest["config_hash"] == canonical_hash(manifest["config"])
     assert set(manifest["modalities"]) == set(MODALITIES)
     assert all(n >= 8 for n in manifest["modalities"].values())
@@ -61,13 +62,13 @@ def test_shards_follow_the_sample_schema(demo_build):
             sha256_file(demo_build / entry["index"]) == entry["index_sha256"]
             and len(index["samples"]) == entry["samples"]
         )
-        # The index's offsets are where tarfile finds each member's data, and the sha256 is of those bytes.
+        # The index's offsets are where tarfile finds each member's data, and the digest is xxh3-128 of those bytes.
         with tarfile.open(path) as tar:
             found = {m.name: (m.offset_data, m.size, tar.extractfile(m).read()) for m in tar}
         for sample in index["samples"]:
             for ext, (offset, size, digest) in sample["members"].items():
                 got_offset, got_size, data = found[f"{sample['key']}.{ext}"]
-                assert (offset, size) == (got_offset, got_size) and hashlib.sha256(data).hexdigest() == digest
+                assert (offset, size) == (got_offset, got_size) and digest == f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"
     capella = next(e for e in manifest["shards"] if e["stream"] == "capella_quadpol")
     samples = list(wds.WebDataset(str(demo_build / capella["path"]), shardshuffle=False).decode())
     index = json.loads((demo_build / capella["index"]).read_text())["samples"]
@@ -110,7 +111,7 @@ def test_verify_names_a_flipped_byte_and_a_missing_shard(demo_build, tmp_path):
         verify(copy, deep=True)
     report = deep.value.report
     named = [p for p in report["problems"] if p["key"]]
-    assert len(named) == 1 and "does not match its sha256" in named[0]["reason"], report["problems"]
+    assert len(named) == 1 and "does not match its digest" in named[0]["reason"], report["problems"]
     assert report["quarantined_samples"] == 1 and report["quarantined_at_build"] == 0
     first.unlink()
     with pytest.raises(DataError, match=rf"{first.name}: shard listed in the manifest is missing"):

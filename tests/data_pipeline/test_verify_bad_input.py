@@ -68,7 +68,7 @@ def test_every_problem_is_reported_with_its_shard(copy):
 
 
 def test_corrupt_member_is_caught_by_its_checksum(copy):
-    """A byte flipped inside a member's data before the shard was hashed: only the member sha256 knows."""
+    """A byte flipped inside a member's data before the shard was hashed: only the member digest knows."""
     entry = _manifest(copy)["shards"][0]
     path = copy / entry["path"]
     index = json.loads((copy / entry["index"]).read_text())["samples"]
@@ -78,7 +78,7 @@ def test_corrupt_member_is_caught_by_its_checksum(copy):
     path.write_bytes(bytes(data))
     _reseal(copy, 0)
     verify(copy)  # shallow: sizes, sha256 and offsets all agree
-    with pytest.raises(VerifyError, match=rf"{index[1]['key']}'?: member 'image.npy' does not match its sha256"):
+    with pytest.raises(VerifyError, match=rf"{index[1]['key']}'?: member 'image.npy' does not match its digest"):
         verify(copy, deep=True)
 
 
