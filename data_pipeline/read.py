@@ -26,6 +26,7 @@ from data_pipeline.safe import is_s2_product, read_s2_product
 from data_pipeline.scene import Scene
 from data_pipeline.sentinel1 import is_s1_grd, polarisations, read_s1_product
 from data_pipeline.stac import expand_collections, is_stac_item, stac_item_bands
+from data_pipeline.strips import RowStrips
 from data_pipeline.subdatasets import subdataset_uris
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.sensors import SensorSpec
@@ -216,6 +217,11 @@ class SceneReader(RasterHandles):
         except BaseException:
             self.close()
             raise
+        # Downsampled scenes keep reading window by window: GDAL's overview choice depends on the window.
+        width = self.shape[1]
+        row_bytes = width * sum(np.dtype(self._datasets[f].dtypes[i - 1]).itemsize for f, i in self._bands())
+        self._band_strips = RowStrips(self._read_bands, width, row_bytes)
+        self._mask_strips = RowStrips(self._read_invalid, width, width)
 
     def _check(self) -> None:
         scene, sensor = self.scene, self.sensor
@@ -282,17 +288,30 @@ class SceneReader(RasterHandles):
         return [self._datasets[f].nodatavals[i - 1] for f, i in zip(self._sources, self.scene.indexes)]
 
     def read(self, window: Window) -> np.ndarray:
-        """Raw modality bands ``(B, h, w)`` of ``window`` (in this reader's, possibly downsampled, pixels)."""
-        try:
-            planes = [self._read(self._datasets[f], i, window) for f, i in zip(self._sources, self.scene.indexes)]
-        except RasterioError as exc:
-            raise DataError(f"{self.scene.path}: read of window {window} failed ({gdal_reason(exc)})") from None
-        return np.stack(planes)
+        """Raw modality bands ``(B, h, w)`` of ``window`` (in this reader's, possibly downsampled, pixels); a
+        read-only view that the next ``read`` may replace."""
+        return self._band_strips.window(window) if self.scene.downsample == 1 else self._read_bands(window)
 
     def invalid(self, window: Window) -> Optional[np.ndarray]:
         """``(h, w)`` bool, True where the scene's invalid mask (clouds, ...) is set; None without a mask."""
         if self._mask is None:
             return None
+        return self._mask_strips.window(window) if self.scene.downsample == 1 else self._read_invalid(window)
+
+    def _bands(self) -> list[tuple[str, int]]:
+        return list(zip(self._sources, self.scene.indexes))
+
+    def _read_bands(self, window: Window) -> np.ndarray:
+        try:
+            planes = [self._read(self._datasets[f], i, window) for f, i in self._bands()]
+        except RasterioError as exc:
+            raise DataError(f"{self.scene.path}: read of window {window} failed ({gdal_reason(exc)})") from None
+        stack = np.stack(planes)
+        stack.flags.writeable = False  # shared by every tile of a strip
+        return stack
+
+    def _read_invalid(self, window: Window) -> np.ndarray:
+        assert self._mask is not None
         try:
             factor = self.scene.downsample
             if factor == 1:

@@ -58,10 +58,11 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
     """Load ``path`` (optional) into ``schema`` and apply ``a.b=c`` command-line overrides, strictly."""
     where = str(path) if path else "<defaults>"
     try:
-        merged = OmegaConf.structured(schema)
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
+        if path is None:
+            merged = OmegaConf.structured(schema)
+        elif not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        else:
             merged = _merge(schema, OmegaConf.load(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]

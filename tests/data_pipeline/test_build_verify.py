@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tarfile
@@ -10,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xxhash
 import webdataset as wds
+import xxhash
 
 import data_pipeline.samples as samples_module
 from data_pipeline.build import build
@@ -68,7 +67,8 @@ def test_shards_follow_the_sample_schema(demo_build):
         for sample in index["samples"]:
             for ext, (offset, size, digest) in sample["members"].items():
                 got_offset, got_size, data = found[f"{sample['key']}.{ext}"]
-                assert (offset, size) == (got_offset, got_size) and digest == f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"
+                assert (offset, size) == (got_offset, got_size)
+                assert digest == f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"
     capella = next(e for e in manifest["shards"] if e["stream"] == "capella_quadpol")
     samples = list(wds.WebDataset(str(demo_build / capella["path"]), shardshuffle=False).decode())
     index = json.loads((demo_build / capella["index"]).read_text())["samples"]
