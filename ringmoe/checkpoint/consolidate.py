@@ -27,7 +27,7 @@ from ringmoe.core.files import atomic_write_json
 from ringmoe.core.structured import from_dict, to_dict
 from ringmoe.parallel.moe_keys import is_expert_key, to_single_device_key
 from ringmoe.parallel.tp_layout import Shard, model_shards
-from ringmoe.recipes.build import build_pretraining_model
+from ringmoe.recipes.registry import build_pretraining_model
 
 log = logging.getLogger(__name__)
 MODEL_CONFIG_NAME = "ringmoe_model.json"

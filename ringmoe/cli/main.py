@@ -16,11 +16,11 @@ from ringmoe.core.errors import RingMoEError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ringmoe.config.schema import load_config
+    from ringmoe.recipes.registry import load_run_config
 
     # Validate the config before importing DeepSpeed, so a typo fails in a fraction of a second.
     overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
-    config = load_config(args.config, overrides)
+    config = load_run_config(args.config, overrides)
     import torch.distributed as dist
 
     from ringmoe.eval.online import online_probe_callbacks
@@ -61,10 +61,10 @@ def _reshard(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    from ringmoe.config.schema import load_config
     from ringmoe.prune.run import prune_checkpoint
+    from ringmoe.recipes.registry import load_run_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_run_config(args.config, args.overrides)
     report = Path(args.report) if args.report else None
     result = prune_checkpoint(Path(args.consolidated), Path(args.output), config, report)
     print((result.out_dir / "PRUNE.md").read_text())

@@ -16,12 +16,10 @@ from ringmoe.core.errors import ConfigError
 from ringmoe.core.sensors import MODALITY_CHANNELS
 from ringmoe.core.structured import load_structured
 
-RECIPES = ("ringmoe", "skysense")
-
 
 @dataclass
 class FusionConfig:
-    """SkySense recipe only (``model.recipe: skysense``): the multi-modal temporal fusion transformer over the
+    """Used by the SkySense recipe (``model.recipe: skysense``): the multi-modal temporal fusion transformer over the
     per-date features of the spatial encoders (``depth`` blocks of ``heads`` heads; ``experts`` routed
     collaborative experts per FFN beside the always-on one, 0: dense), the projection heads' width and the
     geo-context prototypes (``prototype_cells`` sets of ``prototypes_per_cell``)."""
@@ -38,8 +36,10 @@ class FusionConfig:
 class ModelConfig:
     """SwinV2-shaped hierarchical MoE encoder. Expert counts are per stage so pruned variants are configs.
 
-    ``recipe``: ``ringmoe`` (this encoder with SimMIM decoders) or ``skysense`` (one such encoder per modality as
-    spatial encoders, a temporal fusion transformer, a student/EMA-teacher pair; see ``fusion``)."""
+    ``recipe``: the registered recipe that builds and trains the model (``ringmoe.recipes.registry``): ``ringmoe``
+    (this encoder with SimMIM decoders), ``skysense`` (one such encoder per modality as spatial encoders, a
+    temporal fusion transformer, a student/EMA-teacher pair; see ``fusion``) or one of your own, registered by
+    the module ``recipe_module`` names (importable name or path to a ``.py`` file)."""
 
     name: str = "ringmoe_tiny"
     img_size: int = 64
@@ -74,12 +74,11 @@ class ModelConfig:
     # ``RunConfig.objective.views`` like ``decoder_extra_channels``; not set by hand.
     projection_dim: int = 0
     recipe: str = "ringmoe"
+    recipe_module: str = ""
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def validate(self) -> None:
         stages = len(self.depths)
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"model.recipe {self.recipe!r} not in {RECIPES}")
         fusion = self.fusion
         if (
             min(fusion.depth, fusion.heads, fusion.projection_dim, fusion.prototype_cells, fusion.prototypes_per_cell)
@@ -545,12 +544,6 @@ class RunConfig:
         self.objective.validate()
         self.prune.validate()
         self.contrastive.validate()
-        places = self.data.places_per_batch > 0
-        if (self.model.recipe == "skysense") != places:
-            raise ConfigError(
-                f"model.recipe={self.model.recipe!r} with data.places_per_batch={self.data.places_per_batch}: the "
-                "skysense recipe reads places (set data.places_per_batch > 0), ringmoe reads single images (0)"
-            )
         no_embedding = sorted(set(self.data.modalities) - set(self.model.in_chans))
         if no_embedding:
             raise ConfigError(
@@ -577,11 +570,6 @@ class RunConfig:
                     raise ConfigError(
                         f"model.{key}[{stage}]={count} is not divisible by parallel.expert_parallel_size={ep}"
                     )
-        if self.model.recipe == "skysense" and self.model.fusion.experts % ep:
-            raise ConfigError(
-                f"model.fusion.experts={self.model.fusion.experts} is not divisible by "
-                f"parallel.expert_parallel_size={ep}"
-            )
         tp = self.parallel.tensor_parallel_size
         for stage, heads in enumerate(self.model.num_heads):
             if heads % tp:

@@ -30,7 +30,7 @@ from ringmoe.config.schema import ModelConfig, load_model_config
 from ringmoe.core.errors import CheckpointError
 from ringmoe.core.modalities import MODALITIES
 from ringmoe.eval.encoder import EncoderUnavailable, FrozenEncoder
-from ringmoe.recipes.build import build_pretraining_model
+from ringmoe.recipes.registry import build_pretraining_model, recipe_for_hf, recipe_of
 
 
 class PixelStatistics(nn.Module):
@@ -62,10 +62,10 @@ class TimmBackbone(nn.Module):
 
 
 def _released(model: nn.Module, config: ModelConfig, name: str) -> FrozenEncoder:
-    """The encoder a pretraining model releases: RingMoE's encoder, or SkySense's EMA teacher."""
-    if config.recipe == "skysense":
-        return FrozenEncoder(name, list(config.in_chans), model.teacher, config.img_size, "skysense")
-    return FrozenEncoder(name, list(config.in_chans), model.encoder, config.img_size)
+    """The encoder a pretraining model releases (its recipe says which part: RingMoE's encoder, SkySense's EMA
+    teacher, ...) and how it is called."""
+    module, interface = recipe_of(config).released(model)
+    return FrozenEncoder(name, list(config.in_chans), module, config.img_size, interface)
 
 
 def load_encoder(source: str | Path) -> FrozenEncoder:
@@ -95,20 +95,15 @@ def load_encoder(source: str | Path) -> FrozenEncoder:
     if (path / MODEL_CONFIG_NAME).is_file():
         model, config = load_consolidated_model(path)
         return _released(model, config, f"consolidated {path.name}")
-    model_type = (
-        json.loads((path / "config.json").read_text()).get("model_type") if (path / "config.json").is_file() else None
-    )
-    if model_type in ("ringmoe", "skysense"):
+    hf_config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    recipe = recipe_for_hf(hf_config.get("model_type", "")) if hf_config else None
+    if recipe is not None and recipe.hf is not None:
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(str(path), trust_remote_code=True)
-        if model_type == "skysense":
-            encoder = model.config.encoder
-            return FrozenEncoder(
-                f"huggingface {path.name}", list(encoder["in_chans"]), model, encoder["img_size"], "skysense_hf"
-            )
-        modalities = list(model.config.in_chans)
-        return FrozenEncoder(f"huggingface {path.name}", modalities, model, model.config.img_size, "huggingface")
+        encoder = hf_config.get("encoder", hf_config)  # nested (skysense) or flat (ringmoe) encoder settings
+        name = f"huggingface {path.name}"
+        return FrozenEncoder(name, list(encoder["in_chans"]), model, encoder["img_size"], recipe.hf.interface)
     raise CheckpointError(
         f"{source}: not an encoder source; expected a DeepSpeed checkpoint ({META_NAME}), a consolidated or pruned "
         f"directory ({MODEL_CONFIG_NAME}), a HuggingFace export (config.json, model_type ringmoe), "

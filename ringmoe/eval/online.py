@@ -22,6 +22,7 @@ from ringmoe.eval.features import pooled_features
 from ringmoe.eval.probe import knn_scores
 from ringmoe.eval.protocol import label_fraction
 from ringmoe.eval.run import load_task_data
+from ringmoe.recipes.registry import recipe_of
 from ringmoe.train.callbacks import Callback, StepInfo
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class OnlineProbe(Callback):
     def on_train_begin(self, model: torch.nn.Module) -> None:
         self.model = model
         modalities = list(self.model_config.in_chans)
-        self.encoder = FrozenEncoder("online probe", modalities, model.encoder, self.model_config.img_size)
+        module, interface = recipe_of(self.model_config).released(model)
+        self.encoder = FrozenEncoder("online probe", modalities, module, self.model_config.img_size, interface)
 
     def on_step(self, info: StepInfo, metrics: dict[str, float]) -> None:
         if info.step % self.settings.every:
@@ -78,8 +80,8 @@ def online_probe_callbacks(config: RunConfig) -> list[Callback]:
     settings = config.train.online_probe
     if not settings.every:
         return []
-    if config.model.recipe != "ringmoe":  # before reading the labelled set
-        raise ConfigError(f"train.online_probe: the {config.model.recipe} recipe has no probe yet (ringmoe only)")
+    if not recipe_of(config.model).online_probe:  # before reading the labelled set
+        raise ConfigError(f"train.online_probe: the {config.model.recipe} recipe has no online probe")
     task = EvalTaskConfig(dataset=settings.dataset, root=settings.root, options=dict(settings.options))
     data = load_task_data(task, 0, Path.cwd())
     if data.kind != "scene":

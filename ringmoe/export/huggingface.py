@@ -1,7 +1,8 @@
 """Write a HuggingFace directory for a pretrained encoder: config.json, safetensors, and the modeling code.
 
-RingMoE exports its encoder (``encoder.*``); the SkySense recipe exports its EMA teacher's encoder
-(``teacher.*``, renamed ``encoder.*``) as model type ``skysense``.
+The model config's recipe (``ringmoe.recipes.registry``) says which tensors form the released encoder
+(RingMoE: ``encoder.*``; SkySense: its EMA teacher, ``teacher.*``, renamed ``encoder.*``), its model type, its
+``config.json`` entries and where its configuration/modeling templates are.
 
 The modeling code is the training code: ``ringmoe/models`` files (and the batch type they use) are copied next
 to ``config.json`` with absolute ``ringmoe.*`` imports rewritten to relative ones, so
@@ -31,6 +32,7 @@ from ringmoe.core.errors import CheckpointError
 from ringmoe.core.files import atomic_write_json, atomic_write_text
 from ringmoe.core.sensors import load_registry
 from ringmoe.core.structured import from_dict
+from ringmoe.recipes.registry import HFRelease, Recipe, recipe_of
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 # Module -> file name in the export; order matters only for readability.
@@ -42,10 +44,6 @@ _COPIED_MODULES = {
     "ringmoe.models.encoder": "ringmoe_encoder",
     "ringmoe.models.skysense": "ringmoe_skysense",
 }
-_ENCODER_KEYS = [
-    "img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "in_chans",
-    "modal_experts", "collab_experts", "shared_expert", "shared_expert_multiple", "capacity_factor", "min_capacity",
-]  # fmt: skip
 
 
 def _module_source(module: str) -> str:
@@ -64,35 +62,24 @@ def _sensor_table() -> dict:
 
 
 def hf_config(model_config: ModelConfig) -> dict:
-    if model_config.recipe == "skysense":
-        from ringmoe.recipes.build import skysense_encoder_kwargs
-
-        return {
-            "model_type": "skysense",
-            "architectures": ["SkySenseModel"],
-            "auto_map": {
-                "AutoConfig": "configuration_skysense.SkySenseConfig",
-                "AutoModel": "modeling_skysense.SkySenseModel",
-            },
-            "encoder": skysense_encoder_kwargs(model_config),
-            "sensors": _sensor_table(),
-        }
-    encoder = dataclasses.asdict(model_config)
+    recipe = recipe_of(model_config)
+    release = _release(recipe, model_config)
     return {
-        "model_type": "ringmoe",
-        "architectures": ["RingMoEModel"],
+        "model_type": release.model_type,
+        "architectures": [release.architecture],
         "auto_map": {
-            "AutoConfig": "configuration_ringmoe.RingMoEConfig",
-            "AutoModel": "modeling_ringmoe.RingMoEModel",
+            "AutoConfig": f"configuration_{release.model_type}.{release.config_class}",
+            "AutoModel": f"modeling_{release.model_type}.{release.architecture}",
         },
-        **{key: encoder[key] for key in _ENCODER_KEYS},
+        **recipe.hf_config(model_config),
         "sensors": _sensor_table(),
     }
 
 
-def exported_prefix(model_config: ModelConfig) -> str:
-    """The consolidated tensors that form the released encoder (the rest is pretraining scaffolding)."""
-    return "teacher." if model_config.recipe == "skysense" else "encoder."
+def _release(recipe: Recipe, model_config: ModelConfig) -> HFRelease:
+    if recipe.hf is None:
+        raise CheckpointError(f"model.recipe {model_config.recipe!r} declares no HuggingFace release (Recipe.hf)")
+    return recipe.hf
 
 
 def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32", max_shard_size: str = "2GB") -> Path:
@@ -103,7 +90,9 @@ def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32"
         raise CheckpointError(f"{config_path}: missing; pass a directory written by `ringmoe consolidate`")
     model_config = from_dict(ModelConfig, json.loads(config_path.read_text()), str(config_path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    prefix = exported_prefix(model_config)
+    recipe = recipe_of(model_config)
+    release = _release(recipe, model_config)
+    prefix = recipe.released_prefix
 
     def encoder_only(name: str) -> bool:
         return name.startswith(prefix)
@@ -132,29 +121,19 @@ def export_huggingface(consolidated: Path, out_dir: Path, dtype: str = "float32"
     config = hf_config(model_config)
     for module, exported in _COPIED_MODULES.items():
         atomic_write_text(out_dir / f"{exported}.py", _module_source(module))
-    for template in (Path(__file__).parent / "hf_code").glob(f"*_{config['model_type']}.py.in"):
+    for template in release.code.glob(f"*_{release.model_type}.py.in"):
         atomic_write_text(out_dir / template.name[: -len(".in")], template.read_text())
     config["torch_dtype"] = dtype
     atomic_write_json(out_dir / "config.json", config)
     atomic_write_json(out_dir / "checksums.json", checksums)
-    atomic_write_text(out_dir / "README.md", _model_card(model_config, config["sensors"]))
+    atomic_write_text(out_dir / "README.md", _model_card(model_config, release, config["sensors"]))
     return out_dir
 
 
-def _model_card(model_config: ModelConfig, sensors: dict) -> str:
+def _model_card(model_config: ModelConfig, release: HFRelease, sensors: dict) -> str:
     first = next(iter(model_config.in_chans))
-    size = f"{model_config.img_size}, {model_config.img_size}"
-    if model_config.recipe == "skysense":
-        title = "SkySense spatiotemporal encoder"
-        summary = (
-            "A RingMoE spatial encoder per modality and a multi-modal temporal fusion transformer, pretrained with "
-            "multi-granularity contrastive learning and geo-context prototypes (the EMA teacher's weights)."
-        )
-        shape = f"(B, T, C, {size}) (dates on axis 1; `present` and `days` optional)"
-    else:
-        title = "RingMoE encoder"
-        summary = "SwinV2-shaped hierarchical mixture-of-experts encoder pretrained with per-modality SimMIM."
-        shape = f"(B, C, {size})"
+    title, summary = release.title, release.summary
+    shape = release.input_shape.format(size=f"{model_config.img_size}, {model_config.img_size}")
     rows = "\n".join(
         f"| {name} | {spec['modality']} | {', '.join(spec['modality_bands'])} | {spec['normalization']['kind']} "
         f"(scale {spec['normalization']['scale']:.3g}, clip {spec['normalization']['clip']}) |"

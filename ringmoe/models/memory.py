@@ -13,6 +13,7 @@ activation checkpointing is on, plus one block being recomputed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from ringmoe.core.errors import ConfigError
 from ringmoe.models.size import ParameterReport
@@ -93,3 +94,21 @@ def _activation_bytes(config, layout: Layout) -> float:
         largest_block = max(largest_block, block)
         stored += depth * (2 * tokens * dim if layout.activation_checkpointing else block)
     return stored + (largest_block if layout.activation_checkpointing else 0.0)
+
+
+def memory_table(report, config, layouts: Sequence[Layout]) -> list[str]:
+    """`ringmoe model-info --memory` lines: per-rank memory of each layout."""
+    lines = [
+        "  memory per rank (GiB; bf16 weights and grads, fp32 Adam states, activations estimated)",
+        f"  {'gpus':>6}{'tp':>4}{'ep':>4}{'dp':>5}{'zero':>5}{'mb':>4}{'ckpt':>5}"
+        f"{'params':>9}{'grads':>8}{'optim':>8}{'activ':>8}{'total':>8}",
+    ]
+    for layout in layouts:
+        mem = {k: v / GIB for k, v in memory_per_rank(report, config, layout).items()}
+        checkpointing = "yes" if layout.activation_checkpointing else "no"
+        lines.append(
+            f"  {layout.gpus:>6}{layout.tensor_parallel:>4}{layout.expert_parallel:>4}{layout.data_parallel:>5}"
+            f"{layout.zero_stage:>5}{layout.micro_batch:>4}{checkpointing:>5}{mem['params']:>9.1f}"
+            f"{mem['grads']:>8.1f}{mem['optimizer']:>8.1f}{mem['activations']:>8.1f}{mem['total']:>8.1f}"
+        )
+    return lines

@@ -112,3 +112,8 @@ def forward_flops_per_sample(config) -> dict[str, float]:
             flops["routers"] += 2 * tokens * dim * routers
     flops["total"] = sum(flops.values())
     return dict(flops)
+
+
+def short_count(n: int) -> str:
+    """A parameter count as 1.234B or 5.678M."""
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.3f}M"

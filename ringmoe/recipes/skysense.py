@@ -1,4 +1,4 @@
-"""SkySense pretraining: multi-granularity contrastive learning between a student and its EMA teacher, across
+"""The SkySense recipe: multi-granularity contrastive learning between a student and its EMA teacher, across
 augmented views and across modalities, plus geo-context prototype learning.
 
 Terms (``SkySensePretrain.forward`` returns them all, weighted into ``loss/total``):
@@ -9,19 +9,31 @@ Terms (``SkySensePretrain.forward`` returns them all, weighted into ``loss/total
 - ``cross_modal``: a sample's pooled features of one modality (student) against another modality of the same
   sample (teacher), for every ordered pair of modalities the sample has;
 - ``prototypes``: geo-context prototypes of the sample's geographic cell, Sinkhorn-assigned from the teacher.
+
+It reads places (``data.places_per_batch``); one micro-batch (``SkySenseStep``) is two augmented views of a
+place batch through student and teacher with every term above, and after each optimizer step the teacher's EMA
+update on the momentum schedule. The EMA teacher's encoder is released (HuggingFace model type ``skysense``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ringmoe.config.schema import ContrastiveConfig, FusionConfig
+from ringmoe.config.schema import ContrastiveConfig, FusionConfig, ModelConfig, RunConfig
 from ringmoe.core.batch import SequenceBatch
-from ringmoe.models.ema import ema_update, freeze_parameters, make_teacher
+from ringmoe.core.errors import ConfigError
+from ringmoe.models.ema import ema_update, freeze_parameters, make_teacher, momentum_at
+from ringmoe.models.size import short_count
 from ringmoe.models.skysense import SkySenseEncoder, SkySenseOutput
 from ringmoe.objectives.contrastive import info_nce, object_contrast, pixel_contrast
 from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell
+from ringmoe.objectives.views import augmented_view
+from ringmoe.recipes.registry import HFRelease, Recipe, register
+from ringmoe.recipes.step import check_tile_size
 
 TERMS = ("pixel", "object", "image", "cross_modal", "prototypes")
 
@@ -112,3 +124,104 @@ class SkySensePretrain(nn.Module):
                 losses.append(info_nce(query, key, temperature))
         connected = 0.0 * sum(p.sum() for p in sh.modality.parameters())
         return (torch.stack(losses).mean() if losses else 0.0) + connected
+
+
+class SkySenseStep:
+    def __init__(self, generator: torch.Generator, config: RunConfig, device, dtype) -> None:
+        self.generator = generator
+        self.settings = config.contrastive
+        self.model = config.model
+        self.steps = config.train.steps
+        self.device, self.dtype = device, dtype
+
+    def forward(self, engine, batch):
+        check_tile_size({m: x.flatten(0, 1) for m, x in batch.images.items()}, self.model.img_size)
+        s = self.settings
+        views = [augmented_view(batch, self.generator, s.view_gain, s.view_noise, s.view_drop_date) for _ in range(2)]
+        student, teacher = (v.to(self.device, self.dtype) for v in views)
+        group = dist.group.WORLD if dist.is_initialized() else None
+        return engine(
+            student, teacher, s, self.generator, self.model.aux_loss_coef, self.model.router_z_loss_coef, group
+        )
+
+    def samples(self, batch) -> int:
+        return len(batch.location)
+
+    def after_optimizer_step(self, engine, step: int) -> None:
+        engine.module.update_teacher(momentum_at(step, self.steps, self.settings.teacher_momentum))
+
+
+def encoder_kwargs(config: ModelConfig) -> dict:
+    fusion = config.fusion
+    return dict(
+        in_chans=dict(config.in_chans), img_size=config.img_size, patch_size=config.patch_size,
+        embed_dim=config.embed_dim, depths=list(config.depths), num_heads=list(config.num_heads),
+        window_size=config.window_size, mlp_ratio=config.mlp_ratio, modal_experts=list(config.modal_experts),
+        collab_experts=list(config.collab_experts), capacity_factor=config.capacity_factor,
+        min_capacity=config.min_capacity, fusion_depth=fusion.depth, fusion_heads=fusion.heads,
+        fusion_experts=fusion.experts, activation_checkpointing=config.activation_checkpointing,
+    )  # fmt: skip
+
+
+@register
+class SkySense(Recipe):
+    name = "skysense"
+    released_prefix = "teacher."
+    reads_places = True
+    hf = HFRelease(
+        model_type="skysense",
+        config_class="SkySenseConfig",
+        architecture="SkySenseModel",
+        interface="skysense_hf",
+        title="SkySense spatiotemporal encoder",
+        summary=(
+            "A RingMoE spatial encoder per modality and a multi-modal temporal fusion transformer, pretrained with "
+            "multi-granularity contrastive learning and geo-context prototypes (the EMA teacher's weights)."
+        ),
+        input_shape="(B, T, C, {size}) (dates on axis 1; `present` and `days` optional)",
+    )
+
+    def validate(self, config: RunConfig) -> None:
+        ep = config.parallel.expert_parallel_size
+        if config.model.fusion.experts % ep:
+            raise ConfigError(
+                f"model.fusion.experts={config.model.fusion.experts} is not divisible by "
+                f"parallel.expert_parallel_size={ep}"
+            )
+
+    def build_model(self, config: ModelConfig) -> SkySensePretrain:
+        return SkySensePretrain(SkySenseEncoder(**encoder_kwargs(config)), dataclasses.replace(config.fusion))
+
+    def after_parallelize(self, model: nn.Module) -> None:
+        model.freeze_teacher()  # parallelization's new layers must not reach the optimizer
+
+    def build_step(self, config: RunConfig, prepared, generator, device, dtype, data_group) -> SkySenseStep:
+        return SkySenseStep(generator, config, device, dtype)
+
+    def released(self, model: nn.Module) -> tuple[nn.Module, str]:
+        return model.teacher, "skysense"
+
+    def hf_config(self, config: ModelConfig) -> dict:
+        return {"encoder": encoder_kwargs(config)}
+
+    def describe(self, config: ModelConfig, layouts=()) -> list[str]:
+        """Parameters by part (meta device): the released encoder and what pretraining adds."""
+        with torch.device("meta"):
+            model = self.build_model(config)
+        encoder = model.student
+
+        def count(module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        spatial = {m: count(e) for m, e in encoder.spatial.items()}
+        total_encoder = count(encoder)
+        lines = [
+            f"{config.name}: {short_count(total_encoder)} encoder parameters (SkySense recipe), "
+            f"{short_count(count(model))} in pretraining (student, EMA teacher, heads; prototypes are a buffer)",
+            f"  input {config.img_size}x{config.img_size} per date, patch {config.patch_size}, depths "
+            f"{config.depths}, width {config.embed_dim}; fusion depth {config.fusion.depth}, {config.fusion.heads} "
+            f"heads, {config.fusion.experts} routed experts per FFN",
+        ]
+        lines += [f"  spatial encoder {m:<16}{n:>16,}" for m, n in spatial.items()]
+        lines.append(f"  {'temporal fusion':<32}{total_encoder - sum(spatial.values()):>16,}")
+        return lines

@@ -1,6 +1,5 @@
-"""The training loop: DeepSpeed engine over the expert-parallel model, the recipe's objective (RingMoE's
-physics-informed SimMIM with view contrast, or SkySense's multi-granularity contrast over places), metrics,
-checkpoints, resume and preemption."""
+"""The training loop: DeepSpeed engine over the parallelized model of the config's recipe
+(``ringmoe.recipes.registry``), the recipe's micro-batch step, metrics, checkpoints, resume and preemption."""
 
 from __future__ import annotations
 
@@ -25,15 +24,12 @@ from ringmoe.checkpoint.save import save_checkpoint
 from ringmoe.config.schema import RunConfig
 from ringmoe.core.errors import TrainingError
 from ringmoe.core.files import atomic_write_json
-from ringmoe.data.catalog import dataset_sensors
 from ringmoe.data.loader import build_loader
-from ringmoe.models.size import forward_flops_per_sample
-from ringmoe.objectives.build import build_objective
 from ringmoe.parallel.distributed import init_distributed
 from ringmoe.parallel.engine import build_engine, check_precision_supported
 from ringmoe.parallel.parallelize import parallelize
 from ringmoe.parallel.topology import init_topology
-from ringmoe.recipes.build import build_pretraining_model
+from ringmoe.recipes.registry import build_pretraining_model, recipe_of, validate_run
 from ringmoe.train import rng
 from ringmoe.train.callbacks import (
     Accounting,
@@ -46,7 +42,6 @@ from ringmoe.train.callbacks import (
 )
 from ringmoe.train.metrics import MetricLogger
 from ringmoe.train.preemption import PREEMPTED_MARKER, PreemptionWatch
-from ringmoe.train.steps import RingMoEStep, SkySenseStep
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +60,16 @@ class TrainResult:
 def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainResult:
     """``extra_callbacks``: built by a caller above this layer (the online probe, from ``ringmoe.eval``); they run
     after the metric callbacks, on every rank, whether or not ``train.callbacks`` is on."""
-    config.validate()
-    # Before any process group: config errors first.
+    validate_run(config)  # before any process group: config errors first
+
     check_precision_supported(config.train.precision)
     output_dir = Path(config.train.output_dir)
     checkpoints = output_dir / "checkpoints"
     resume_from = resolve_resume(config.train.resume, checkpoints)
     if config.train.init_from and resume_from is None:
         check_init_from(Path(config.train.init_from), config)
-    objective = None
-    if config.model.recipe == "ringmoe":  # physical targets are laid out from the sensors the data was built with
-        objective = build_objective(config.objective, config.model, dataset_sensors(config.data.shards))
+    recipe = recipe_of(config.model)
+    prepared = recipe.prepare(config)
     rank, _ = init_distributed()
     topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
@@ -85,8 +79,7 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
     else:
         single_device = build_pretraining_model(config.model, seed=config.train.seed)
     model = parallelize(single_device, topology)
-    if hasattr(model, "freeze_teacher"):
-        model.freeze_teacher()  # an EMA teacher: parallelization's new layers must not reach the optimizer
+    recipe.after_parallelize(model)
     engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
     # Data (and masks) follow the data-parallel rank: the ranks of one TP group work on the same samples.
     data_rank, data_world = topology.data_rank, topology.data_parallel_size
@@ -96,9 +89,8 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
     world = dist.get_world_size()
     callbacks: list[Callback] = []
     if config.train.callbacks:
-        flops = forward_flops_per_sample(config.model)["total"] if config.model.recipe == "ringmoe" else 0.0
         callbacks = [
-            Throughput(flops, world, config.train.peak_tflops_per_device),
+            Throughput(recipe.flops_per_sample(config.model), world, config.train.peak_tflops_per_device),
             RouterLoad(replicas=config.parallel.tensor_parallel_size),
             Accounting(world, config.train.watts_per_device),
         ]
@@ -132,11 +124,8 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
 
     tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
-    if config.model.recipe == "ringmoe":
-        recipe = RingMoEStep(objective, mask_rng, config, engine.device, dtype, topology.data_parallel_group())
-    else:
-        recipe = SkySenseStep(mask_rng, config, engine.device, dtype)
-    micro = _MicroBatches(engine, recipe, batches, config)
+    recipe_step = recipe.build_step(config, prepared, mask_rng, engine.device, dtype, topology.data_parallel_group())
+    micro = _MicroBatches(engine, recipe_step, batches, config)
     logger = MetricLogger(output_dir, config.train.steps, result.start_step, enabled=rank == 0)
     step = result.start_step
     try:
@@ -206,10 +195,10 @@ class _MicroBatches:
     row abort. One all-reduce per micro-batch agrees on the loss, on non-finite losses and on preemption
     requests, so every rank takes the same branch."""
 
-    def __init__(self, engine, recipe, batches, config: RunConfig) -> None:
-        """``recipe``: a ``train.steps`` step (inputs go where the engine's weights are, in their dtype:
+    def __init__(self, engine, step, batches, config: RunConfig) -> None:
+        """``step``: the recipe's micro-batch step (inputs go where the engine's weights are, in their dtype:
         DeepSpeed casts only plain tensor inputs)."""
-        self.engine, self.recipe, self.batches = engine, recipe, batches
+        self.engine, self.step, self.batches = engine, step, batches
         self.accumulation = config.train.gradient_accumulation_steps
         self.max_nonfinite = config.train.max_nonfinite_steps
         self.watch = PreemptionWatch()
@@ -220,7 +209,7 @@ class _MicroBatches:
         outcome = _StepOutcome()
         while outcome.micro_batches < self.accumulation:
             batch = next(self.batches)
-            loss, metrics, output = self.recipe.forward(self.engine, batch)
+            loss, metrics, output = self.step.forward(self.engine, batch)
             finite = bool(torch.isfinite(loss.detach()))
             agreed = torch.tensor([float(loss.detach()) if finite else 0.0, float(not finite), *self.watch.flags()])
             dist.all_reduce(agreed)
@@ -235,9 +224,9 @@ class _MicroBatches:
             self.engine.step()
             outcome.loss_sum += loss_sum
             outcome.micro_batches += 1
-            outcome.samples += self.recipe.samples(batch)
+            outcome.samples += self.step.samples(batch)
             outcome.metrics, outcome.output = metrics, output
-        self.recipe.after_optimizer_step(self.engine, step)
+        self.step.after_optimizer_step(self.engine, step)
         return outcome
 
     def _count_nonfinite(self, step: int, ranks: int) -> None:

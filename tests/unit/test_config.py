@@ -92,7 +92,7 @@ def test_cli_takes_overrides_after_options_and_rejects_other_leftovers(capsys) -
 def test_recipe_and_places_must_agree_and_contrastive_keys_are_checked():
     from pathlib import Path
 
-    from ringmoe.config.schema import load_config
+    from ringmoe.recipes.registry import load_run_config as load_config
 
     tiny = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "skysense_tiny.yaml"
     assert load_config(tiny).model.recipe == "skysense"

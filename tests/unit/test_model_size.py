@@ -130,7 +130,7 @@ def test_cli_prints_the_memory_of_the_three_layouts(capsys):
 
 def test_skysense_paper_scale_config_on_the_meta_device(capsys):
     """The SkySense paper's model has 2.06B parameters; ours, from the same code as the tiny recipe, 2.081B."""
-    from ringmoe.recipes.build import build_pretraining_model
+    from ringmoe.recipes.registry import build_pretraining_model
 
     path = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "skysense_2b.yaml"
     config = load_config(path)

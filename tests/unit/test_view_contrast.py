@@ -17,7 +17,7 @@ from ringmoe.models.build import build_model
 from ringmoe.objectives.build import build_objective
 from ringmoe.objectives.image_views import _DIHEDRAL, ViewAugmentation, nt_xent
 from ringmoe.objectives.simmim import block_standardized
-from ringmoe.train.steps import RingMoEStep
+from ringmoe.recipes.simmim import RingMoEStep
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
