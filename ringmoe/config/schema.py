@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ringmoe.core.batch import MODALITIES
+from ringmoe.core.encoder_config import EncoderConfig
 from ringmoe.core.errors import ConfigError
-from ringmoe.core.sensors import MODALITY_CHANNELS
 from ringmoe.core.structured import load_structured
 
 
@@ -33,8 +33,9 @@ class FusionConfig:
 
 
 @dataclass
-class ModelConfig:
-    """SwinV2-shaped hierarchical MoE encoder. Expert counts are per stage so pruned variants are configs.
+class ModelConfig(EncoderConfig):
+    """The model of a run: the encoder's hyper-parameters (``EncoderConfig``, defined there once) and what
+    pretraining adds around it.
 
     ``recipe``: the registered recipe that builds and trains the model (``ringmoe.recipes.registry``): ``ringmoe``
     (this encoder with SimMIM decoders), ``skysense`` (one such encoder per modality as spatial encoders, a
@@ -42,23 +43,6 @@ class ModelConfig:
     the module ``recipe_module`` names (importable name or path to a ``.py`` file)."""
 
     name: str = "ringmoe_tiny"
-    img_size: int = 64
-    patch_size: int = 4
-    embed_dim: int = 32
-    depths: list[int] = field(default_factory=lambda: [2, 2])
-    num_heads: list[int] = field(default_factory=lambda: [2, 4])
-    window_size: int = 4
-    mlp_ratio: float = 4.0
-    in_chans: dict[str, int] = field(default_factory=lambda: dict(MODALITY_CHANNELS))
-    # Per stage: modal-specialized experts per modality, collaborative experts, and whether a shared expert runs.
-    modal_experts: list[int] = field(default_factory=lambda: [4, 4])
-    collab_experts: list[int] = field(default_factory=lambda: [4, 4])
-    shared_expert: bool = True
-    # Per stage, the shared expert's hidden width in multiples of mlp_ratio x width (empty: 1 everywhere). Set by
-    # ``to_dense`` pruning when it folds a routed expert into the shared one.
-    shared_expert_multiple: list[int] = field(default_factory=list)
-    capacity_factor: float = 1.2
-    min_capacity: int = 4
     aux_loss_coef: float = 0.001
     # ST-MoE router z-loss weight (0: off; 0.001 is the ST-MoE value). The z-loss is logged either way.
     router_z_loss_coef: float = 0.0

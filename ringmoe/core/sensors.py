@@ -10,16 +10,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ringmoe.core.errors import ConfigError
-from ringmoe.core.modalities import MODALITIES
+from ringmoe.core.modalities import MODALITIES, MODALITY_CHANNELS
 from ringmoe.core.structured import from_dict, load_structured
-
-# Channels each modality group feeds to its patch embedding. Every source of a group maps its bands onto this.
-MODALITY_CHANNELS: dict[str, int] = {
-    "optical": 3,  # red, green, blue
-    "multispectral": 4,  # blue, green, red, near-infrared
-    "sar_amplitude": 3,  # co-pol and cross-pol backscatter in dB, and their ratio (co - cross, dB)
-    "sar_complex": 8,  # I and Q of HH, HV, VH, VV
-}
 
 NORMALIZATION_KINDS = ("reflectance", "db", "complex")
 DERIVED_KINDS = ("db_ratio",)

@@ -38,6 +38,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 # Module -> file name in the export; order matters only for readability.
 _COPIED_MODULES = {
     "ringmoe.core.modalities": "ringmoe_modalities",
+    "ringmoe.core.encoder_config": "ringmoe_encoder_config",
     "ringmoe.core.batch": "ringmoe_batch",
     "ringmoe.models.moe": "ringmoe_moe",
     "ringmoe.models.swin": "ringmoe_swin",

@@ -1,6 +1,6 @@
 """Single-device PyTorch model code. Never imports deepspeed or megatron: parallelism is applied from outside."""
 
-from ringmoe.models.build import build_model, model_kwargs
+from ringmoe.models.build import build_model
 from ringmoe.models.encoder import RingMoEEncoder, RingMoESimMIM
 from ringmoe.models.moe import FeedForward, HierarchicalMoE, RoutedExperts
 
@@ -11,5 +11,4 @@ __all__ = [
     "RingMoESimMIM",
     "RoutedExperts",
     "build_model",
-    "model_kwargs",
 ]

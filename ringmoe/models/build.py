@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ringmoe.config.schema import ModelConfig
+from ringmoe.core.encoder_config import encoder_config
 from ringmoe.models.encoder import RingMoESimMIM
-
-
-def model_kwargs(config: ModelConfig) -> dict:
-    return dataclasses.asdict(config)
 
 
 def build_model(config: ModelConfig, seed: int | None = None) -> RingMoESimMIM:
@@ -19,4 +14,4 @@ def build_model(config: ModelConfig, seed: int | None = None) -> RingMoESimMIM:
     config.validate()
     if seed is not None:
         torch.manual_seed(seed)
-    return RingMoESimMIM(**model_kwargs(config))
+    return RingMoESimMIM(encoder_config(config), dict(config.decoder_extra_channels), config.projection_dim)

@@ -1,16 +1,17 @@
 """The RingMoE encoder and its SimMIM pretraining wrapper.
 
-Plain single-device PyTorch. Constructors take explicit keyword arguments (the fields of ``ModelConfig``) so
-the same classes are rebuilt from a HuggingFace ``config.json`` by the exported modeling code.
+Plain single-device PyTorch. The encoder takes an ``EncoderConfig`` (``ringmoe.core.encoder_config``), which
+the run's ``ModelConfig`` extends and the exported HuggingFace config rebuilds, so the same class is built from
+either. Activation checkpointing is applied from outside (``ringmoe.parallel.checkpointing``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ringmoe.core.batch import ModelOutput, MultiModalBatch, RouterStats
+from ringmoe.core.encoder_config import EncoderConfig
 from ringmoe.models.moe import ROUTER_LOSSES, HierarchicalMoE
 from ringmoe.models.swin import PatchMerging, SwinBlock
 
@@ -37,35 +38,19 @@ class Stage(nn.Module):
 class RingMoEEncoder(nn.Module):
     """SwinV2-shaped hierarchical MoE encoder with one patch embedding per modality."""
 
-    def __init__(
-        self,
-        img_size: int,
-        patch_size: int,
-        embed_dim: int,
-        depths: list[int],
-        num_heads: list[int],
-        window_size: int,
-        mlp_ratio: float,
-        in_chans: dict[str, int],
-        modal_experts: list[int],
-        collab_experts: list[int],
-        shared_expert: bool,
-        capacity_factor: float,
-        min_capacity: int,
-        activation_checkpointing: bool = False,
-        shared_expert_multiple: list[int] | None = None,
-        **_: object,
-    ) -> None:
+    def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
+        in_chans, patch_size, embed_dim = config.in_chans, config.patch_size, config.embed_dim
+        depths, mlp_ratio = config.depths, config.mlp_ratio
         self.modalities = list(in_chans)
-        self.activation_checkpointing = activation_checkpointing
         self.patch_size = patch_size
         self.patch_embed = nn.ModuleDict({m: PatchEmbed(c, embed_dim, patch_size) for m, c in in_chans.items()})
         # Not zero: an all-zero token gives q = k = 0 in the first block and cosine attention's normalisation
         # has an unbounded gradient there.
         self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, 1, embed_dim), std=0.02))
         stages = []
-        resolution, dim = img_size // patch_size, embed_dim
+        resolution, dim = config.img_size // patch_size, embed_dim
+        shared_multiple = config.shared_expert_multiple or [1] * len(depths)
         for index, depth in enumerate(depths):
             downsample = None
             if index > 0:
@@ -74,21 +59,21 @@ class RingMoEEncoder(nn.Module):
             blocks = [
                 SwinBlock(
                     dim,
-                    num_heads[index],
+                    config.num_heads[index],
                     resolution,
-                    window_size,
+                    config.window_size,
                     shift=bool(block % 2),
                     ffn=HierarchicalMoE(
                         dim,
                         int(dim * mlp_ratio),
                         self.modalities,
-                        modal_experts[index],
-                        collab_experts[index],
-                        shared_expert,
-                        capacity_factor,
-                        min_capacity,
+                        config.modal_experts[index],
+                        config.collab_experts[index],
+                        config.shared_expert,
+                        config.capacity_factor,
+                        config.min_capacity,
                         name=f"stages.{index}.blocks.{block}.ffn.",
-                        shared_hidden_dim=int(dim * mlp_ratio) * (shared_expert_multiple or [1] * len(depths))[index],
+                        shared_hidden_dim=int(dim * mlp_ratio) * shared_multiple[index],
                     ),
                 )
                 for block in range(depth)
@@ -122,12 +107,7 @@ class RingMoEEncoder(nn.Module):
             if stage.downsample is not None:
                 x = stage.downsample(x)
             for block in stage.blocks:
-                if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                    # Non-reentrant: recomputation replays the block, all-to-alls included, in the same order
-                    # on every rank, and parameters get their gradients as usual.
-                    x, block_aux, block_stats = checkpoint(block, x, sizes, use_reentrant=False)
-                else:
-                    x, block_aux, block_stats = block(x, sizes)
+                x, block_aux, block_stats = block(x, sizes)
                 router_losses = router_losses + block_aux
                 stats.extend(block_stats)
             stage_outputs.append(x)
@@ -152,12 +132,12 @@ class RingMoESimMIM(nn.Module):
     for the two-view contrast, a projection head on the pooled final features (SimCLR's MLP)."""
 
     def __init__(
-        self, decoder_extra_channels: dict[str, int] | None = None, projection_dim: int = 0, **encoder_kwargs: object
+        self, encoder: EncoderConfig, decoder_extra_channels: dict[str, int] | None = None, projection_dim: int = 0
     ) -> None:
         """``decoder_extra_channels``: per modality, outputs beyond the input channels (physical targets), which
         follow the reconstructed channels. ``projection_dim``: the projection head's output width (0: none)."""
         super().__init__()
-        self.encoder = RingMoEEncoder(**encoder_kwargs)  # type: ignore[arg-type]
+        self.encoder = RingMoEEncoder(encoder)
         width = self.encoder.num_features
         self.projector = (
             nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, projection_dim))
@@ -165,7 +145,7 @@ class RingMoESimMIM(nn.Module):
             else None
         )
         stride = self.encoder.out_stride
-        in_chans: dict[str, int] = encoder_kwargs["in_chans"]  # type: ignore[assignment]
+        in_chans = encoder.in_chans
         extra = decoder_extra_channels or {}
         self.decoders = nn.ModuleDict(
             {

@@ -14,6 +14,7 @@ content never reaches the output.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ringmoe.core.batch import MultiModalBatch, RouterStats, SequenceBatch
+from ringmoe.core.encoder_config import EncoderConfig
 from ringmoe.models.encoder import RingMoEEncoder
 from ringmoe.models.moe import HierarchicalMoE
 
@@ -83,46 +85,20 @@ class SkySenseOutput:
 
 class SkySenseEncoder(nn.Module):
     def __init__(
-        self,
-        in_chans: dict[str, int],
-        img_size: int,
-        patch_size: int,
-        embed_dim: int,
-        depths: list[int],
-        num_heads: list[int],
-        window_size: int,
-        mlp_ratio: float = 4.0,
-        modal_experts: list[int] | None = None,
-        collab_experts: list[int] | None = None,
-        capacity_factor: float = 1.25,
-        min_capacity: int = 4,
-        fusion_depth: int = 2,
-        fusion_heads: int = 4,
-        fusion_experts: int = 0,
-        activation_checkpointing: bool = False,
+        self, encoder: EncoderConfig, fusion_depth: int = 2, fusion_heads: int = 4, fusion_experts: int = 0
     ) -> None:
+        """``encoder``: the spatial encoders' settings; each takes one modality of ``in_chans`` and always runs
+        its shared expert at width ``mlp_ratio`` x width."""
         super().__init__()
-        stages = len(depths)
-        self.modalities = list(in_chans)
+        stages = len(encoder.depths)
+        embed_dim, patch_size, mlp_ratio = encoder.embed_dim, encoder.patch_size, encoder.mlp_ratio
+        self.modalities = list(encoder.in_chans)
         self.spatial = nn.ModuleDict(
             {
                 m: RingMoEEncoder(
-                    img_size=img_size,
-                    patch_size=patch_size,
-                    embed_dim=embed_dim,
-                    depths=depths,
-                    num_heads=num_heads,
-                    window_size=window_size,
-                    mlp_ratio=mlp_ratio,
-                    in_chans={m: c},
-                    modal_experts=modal_experts or [0] * stages,
-                    collab_experts=collab_experts or [0] * stages,
-                    shared_expert=True,
-                    capacity_factor=capacity_factor,
-                    min_capacity=min_capacity,
-                    activation_checkpointing=activation_checkpointing,
+                    dataclasses.replace(encoder, in_chans={m: c}, shared_expert=True, shared_expert_multiple=[])
                 )
-                for m, c in in_chans.items()
+                for m, c in encoder.in_chans.items()
             }
         )
         dim = embed_dim * 2 ** (stages - 1)
@@ -133,7 +109,7 @@ class SkySenseEncoder(nn.Module):
         self.date_proj = nn.Linear(dim, dim)
         hidden = int(dim * mlp_ratio)
         self.fusion = nn.ModuleList(
-            FusionBlock(dim, fusion_heads, hidden, fusion_experts, capacity_factor, f"fusion.{i}.ffn.")
+            FusionBlock(dim, fusion_heads, hidden, fusion_experts, encoder.capacity_factor, f"fusion.{i}.ffn.")
             for i in range(fusion_depth)
         )
         self.norm = nn.LayerNorm(dim)

@@ -10,12 +10,11 @@ recipe generator the checkpoint saves, so a resumed run draws exactly what an un
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ringmoe.config.schema import ModelConfig, RunConfig
 from ringmoe.core.batch import MultiModalBatch
+from ringmoe.core.encoder_config import encoder_fields
 from ringmoe.data.catalog import dataset_sensors
 from ringmoe.models.build import build_model
 from ringmoe.models.memory import Layout, memory_table
@@ -24,11 +23,6 @@ from ringmoe.objectives.build import build_objective, build_view_augmentation
 from ringmoe.objectives.image_views import nt_xent
 from ringmoe.recipes.registry import HFRelease, Recipe, register
 from ringmoe.recipes.step import check_tile_size
-
-ENCODER_KEYS = [
-    "img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "in_chans",
-    "modal_experts", "collab_experts", "shared_expert", "shared_expert_multiple", "capacity_factor", "min_capacity",
-]  # fmt: skip
 
 
 @register
@@ -59,8 +53,7 @@ class RingMoESimMIM(Recipe):
         return forward_flops_per_sample(config)["total"]
 
     def hf_config(self, config: ModelConfig) -> dict:
-        encoder = dataclasses.asdict(config)
-        return {key: encoder[key] for key in ENCODER_KEYS}
+        return encoder_fields(config)
 
     def describe(self, config: ModelConfig, layouts: list[Layout] = ()) -> list[str]:
         with torch.device("meta"):

@@ -25,6 +25,7 @@ from torch import nn
 
 from ringmoe.config.schema import ContrastiveConfig, FusionConfig, ModelConfig, RunConfig
 from ringmoe.core.batch import SequenceBatch
+from ringmoe.core.encoder_config import encoder_config, encoder_fields
 from ringmoe.core.errors import ConfigError
 from ringmoe.models.ema import ema_update, freeze_parameters, make_teacher, momentum_at
 from ringmoe.models.size import short_count
@@ -151,18 +152,6 @@ class SkySenseStep:
         engine.module.update_teacher(momentum_at(step, self.steps, self.settings.teacher_momentum))
 
 
-def encoder_kwargs(config: ModelConfig) -> dict:
-    fusion = config.fusion
-    return dict(
-        in_chans=dict(config.in_chans), img_size=config.img_size, patch_size=config.patch_size,
-        embed_dim=config.embed_dim, depths=list(config.depths), num_heads=list(config.num_heads),
-        window_size=config.window_size, mlp_ratio=config.mlp_ratio, modal_experts=list(config.modal_experts),
-        collab_experts=list(config.collab_experts), capacity_factor=config.capacity_factor,
-        min_capacity=config.min_capacity, fusion_depth=fusion.depth, fusion_heads=fusion.heads,
-        fusion_experts=fusion.experts, activation_checkpointing=config.activation_checkpointing,
-    )  # fmt: skip
-
-
 @register
 class SkySense(Recipe):
     name = "skysense"
@@ -190,7 +179,9 @@ class SkySense(Recipe):
             )
 
     def build_model(self, config: ModelConfig) -> SkySensePretrain:
-        return SkySensePretrain(SkySenseEncoder(**encoder_kwargs(config)), dataclasses.replace(config.fusion))
+        fusion = config.fusion
+        encoder = SkySenseEncoder(encoder_config(config), fusion.depth, fusion.heads, fusion.experts)
+        return SkySensePretrain(encoder, dataclasses.replace(fusion))
 
     def after_parallelize(self, model: nn.Module) -> None:
         model.freeze_teacher()  # parallelization's new layers must not reach the optimizer
@@ -202,7 +193,11 @@ class SkySense(Recipe):
         return model.teacher, "skysense"
 
     def hf_config(self, config: ModelConfig) -> dict:
-        return {"encoder": encoder_kwargs(config)}
+        fusion = config.fusion
+        return {
+            "encoder": encoder_fields(config),
+            "fusion": {"depth": fusion.depth, "heads": fusion.heads, "experts": fusion.experts},
+        }
 
     def describe(self, config: ModelConfig, layouts=()) -> list[str]:
         """Parameters by part (meta device): the released encoder and what pretraining adds."""

@@ -78,7 +78,7 @@ def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainR
         single_device = initial_model(Path(config.train.init_from))  # e.g. fine-tuning a pruned model
     else:
         single_device = build_pretraining_model(config.model, seed=config.train.seed)
-    model = parallelize(single_device, topology)
+    model = parallelize(single_device, topology, config.model.activation_checkpointing)
     recipe.after_parallelize(model)
     engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
     # Data (and masks) follow the data-parallel rank: the ranks of one TP group work on the same samples.

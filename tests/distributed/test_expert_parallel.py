@@ -43,14 +43,18 @@ def loss_of(model, batch, config: ModelConfig, seed: int):
 
 
 def _ep_parity_worker(rank: int, world: int, out_dir: str, checkpointed: bool = False) -> None:
+    from ringmoe.parallel.checkpointing import apply_activation_checkpointing
     from ringmoe.parallel.distributed import init_distributed
     from ringmoe.parallel.expert_parallel import apply_expert_parallel
 
     init_distributed()
     # z-loss on: its gradient reaches DeepSpeed's gate through logits recomputed outside DeepSpeed.
-    config = ModelConfig(activation_checkpointing=checkpointed, router_z_loss_coef=1e-2)
+    config = ModelConfig(router_z_loss_coef=1e-2)
     reference = build_model(config, seed=0)
     parallel = apply_expert_parallel(copy.deepcopy(reference), ep_size=world)
+    if checkpointed:  # both sides, as parallelize() applies it after the other parallelisms
+        apply_activation_checkpointing(reference)
+        apply_activation_checkpointing(parallel)
     results = {"ref_loss": [], "ep_loss": []}
     for step in range(3):
         batch = random_batch(config, seed=100 * step + rank)

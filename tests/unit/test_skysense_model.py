@@ -3,10 +3,13 @@ backward graph, and a pretraining step whose terms are all finite and reach the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ringmoe.config.schema import ContrastiveConfig, FusionConfig
 from ringmoe.core.batch import SequenceBatch
+from ringmoe.core.encoder_config import EncoderConfig
 from ringmoe.models.skysense import SkySenseEncoder, date_encoding
 from ringmoe.objectives.views import augmented_view
 from ringmoe.recipes.skysense import TERMS, SkySensePretrain
@@ -16,11 +19,12 @@ IN_CHANS = {"optical": 3, "multispectral": 4, "sar_amplitude": 3}
 
 def tiny_encoder(**overrides) -> SkySenseEncoder:
     torch.manual_seed(0)
-    kwargs = dict(
+    encoder = EncoderConfig(
         img_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
-        modal_experts=[0, 2], collab_experts=[0, 2], fusion_experts=2,
+        in_chans=IN_CHANS, modal_experts=[0, 2], collab_experts=[0, 2], capacity_factor=1.25,
     )  # fmt: skip
-    return SkySenseEncoder(IN_CHANS, **{**kwargs, **overrides})
+    fusion = {"fusion_experts": 2, **{k: overrides.pop(k) for k in list(overrides) if k.startswith("fusion_")}}
+    return SkySenseEncoder(dataclasses.replace(encoder, **overrides), **fusion)
 
 
 def sequence_batch(seed: int = 0) -> SequenceBatch:
