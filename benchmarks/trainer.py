@@ -25,11 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 def _train(shards: Path, out: Path, steps: int, callbacks: bool, save_every: int) -> list[dict]:
     from tests.distributed.spawn import free_port
 
+    metric_callbacks = "[throughput,router_load,accounting]" if callbacks else "[]"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         "-m", "ringmoe.cli.main", "train", "--config", str(REPO / "configs" / "tiny.yaml"),
         f"data.shards={shards}", f"train.output_dir={out}", f"train.steps={steps}",
-        f"train.callbacks={str(callbacks).lower()}", f"train.save_every={save_every}", "train.keep_last=1",
+        f"train.callbacks={metric_callbacks}", f"train.save_every={save_every}", "train.keep_last=1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -400,8 +400,9 @@ class TrainConfig:
     # A directory written by `ringmoe consolidate` or `ringmoe prune` whose weights start a fresh run (fine-tuning
     # a pruned model); its model config must equal this run's model section. Ignored when resuming.
     init_from: str = ""
-    # Metric callbacks (throughput/MFU, router load and heatmaps, accounting); off only to measure their cost.
-    callbacks: bool = True
+    # Metric callbacks, in the order they run (ringmoe.train.callbacks.METRIC_CALLBACKS: throughput/MFU, router load
+    # and heatmaps, accounting); [] only to measure their cost. Checkpointing, metric sinks and preemption always run.
+    callbacks: list[str] = field(default_factory=lambda: ["throughput", "router_load", "accounting"])
     peak_tflops_per_device: float = 0.0  # for MFU, e.g. 989 for H100 SXM bf16 dense; 0: MFU not logged
     watts_per_device: float = 700.0  # for the energy estimate (H100 SXM board power)
     online_probe: OnlineProbeConfig = field(default_factory=OnlineProbeConfig)

@@ -1,20 +1,25 @@
-"""Callbacks that extend the training loop (OLMo-core style): throughput/MFU, router load, accounting.
+"""Callbacks that extend the training loop (OLMo-core style), and the metric callbacks ``train.callbacks`` names:
+throughput/MFU, router load, accounting. Checkpointing, the metric sinks and preemption are callbacks too
+(``ringmoe.train.run_callbacks``); every run has those.
 
 Each gets ``on_train_begin`` with the model, ``on_step`` after every optimizer step (adding metrics for the
-loggers), ``on_save`` with the checkpoint directory being written, and keeps a JSON ``state`` that checkpoints
-carry across restarts.
+ones after it; the order of the list is the order they run), ``on_save`` with the checkpoint directory being
+written, ``on_train_end`` when the run completes its steps (not when preempted or failing), ``close`` always,
+and keeps a JSON ``state`` that checkpoints carry across restarts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
+from ringmoe.config.schema import RunConfig
 from ringmoe.core.batch import ModelOutput
+from ringmoe.core.errors import ConfigError
 from ringmoe.core.files import atomic_write_bytes, atomic_write_json
 from ringmoe.core.plots import heatmap_png
 
@@ -26,6 +31,7 @@ class StepInfo:
     samples: int  # over all data-parallel ranks
     tokens: int  # patch tokens over all data-parallel ranks
     output: ModelOutput
+    stop_reason: str = ""  # set when the ranks agreed to stop after this step (preemption)
 
 
 class Callback:
@@ -39,6 +45,12 @@ class Callback:
 
     def on_save(self, directory: Path) -> None:
         pass
+
+    def on_train_end(self, step: int) -> None:
+        """After the last step of a run that completed ``train.steps``."""
+
+    def close(self) -> None:
+        """Always, last: release files and handles."""
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -162,3 +174,23 @@ def load_callback_states(callbacks: list[Callback], states: dict[str, dict[str, 
     for callback in callbacks:
         if callback.name in states:
             callback.load_state(states[callback.name])
+
+
+# The metric callbacks ``train.callbacks`` may name, in the order they run.
+METRIC_CALLBACKS: dict[str, Callable[[RunConfig, float, int], Callback]] = {
+    "throughput": lambda config, flops, world: Throughput(flops, world, config.train.peak_tflops_per_device),
+    "router_load": lambda config, flops, world: RouterLoad(replicas=config.parallel.tensor_parallel_size),
+    "accounting": lambda config, flops, world: Accounting(world, config.train.watts_per_device),
+}
+
+
+def check_callback_names(names: list[str]) -> None:
+    unknown = [n for n in names if n not in METRIC_CALLBACKS]
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(f"train.callbacks {list(names)}: each once, from {list(METRIC_CALLBACKS)}")
+
+
+def metric_callbacks(config: RunConfig, flops_per_sample: float, world: int) -> list[Callback]:
+    """``train.callbacks``, built (``flops_per_sample``: the recipe's forward FLOPs, 0 if unknown)."""
+    check_callback_names(list(config.train.callbacks))
+    return [METRIC_CALLBACKS[name](config, flops_per_sample, world) for name in config.train.callbacks]

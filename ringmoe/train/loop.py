@@ -1,5 +1,7 @@
-"""The training loop: DeepSpeed engine over the parallelized model of the config's recipe
-(``ringmoe.recipes.registry``), the recipe's micro-batch step, metrics, checkpoints, resume and preemption."""
+"""The training loop: the DeepSpeed engine over the parallelized model of the config's recipe
+(``ringmoe.recipes.registry``), optimizer steps of the recipe's micro-batches, and callbacks for everything else:
+the metric callbacks ``train.callbacks`` names, then checkpointing, metric sinks and the preemption marker
+(``ringmoe.train.run_callbacks``). Where the run starts (resume, init-from, fresh): ``ringmoe.train.start``."""
 
 from __future__ import annotations
 
@@ -12,36 +14,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ringmoe.checkpoint.resume import (
-    check_init_from,
-    initial_model,
-    load_engine_state,
-    load_rank_states,
-    read_resume_meta,
-    resolve_resume,
-)
-from ringmoe.checkpoint.save import save_checkpoint
 from ringmoe.config.schema import RunConfig
 from ringmoe.core.errors import TrainingError
-from ringmoe.core.files import atomic_write_json
 from ringmoe.data.loader import build_loader
 from ringmoe.parallel.distributed import init_distributed
 from ringmoe.parallel.engine import build_engine, check_precision_supported
 from ringmoe.parallel.parallelize import parallelize
 from ringmoe.parallel.topology import init_topology
-from ringmoe.recipes.registry import build_pretraining_model, recipe_of, validate_run
-from ringmoe.train import rng
-from ringmoe.train.callbacks import (
-    Accounting,
-    Callback,
-    RouterLoad,
-    StepInfo,
-    Throughput,
-    callback_states,
-    load_callback_states,
-)
-from ringmoe.train.metrics import MetricLogger
-from ringmoe.train.preemption import PREEMPTED_MARKER, PreemptionWatch
+from ringmoe.recipes.registry import recipe_of, validate_run
+from ringmoe.train.callbacks import Callback, StepInfo, check_callback_names, metric_callbacks
+from ringmoe.train.preemption import PreemptionWatch
+from ringmoe.train.run_callbacks import run_callbacks
+from ringmoe.train.start import StartPoint
 
 log = logging.getLogger(__name__)
 
@@ -58,122 +42,49 @@ class TrainResult:
 
 
 def train(config: RunConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """``extra_callbacks``: built by a caller above this layer (the online probe, from ``ringmoe.eval``); they run
-    after the metric callbacks, on every rank, whether or not ``train.callbacks`` is on."""
+    """Run ``config`` on this process's rank. ``extra_callbacks``: built by a caller above this layer (the online
+    probe, from ``ringmoe.eval``); they run after ``train.callbacks``, before checkpointing and the metric sinks."""
     validate_run(config)  # before any process group: config errors first
-
+    check_callback_names(list(config.train.callbacks))
     check_precision_supported(config.train.precision)
-    output_dir = Path(config.train.output_dir)
-    checkpoints = output_dir / "checkpoints"
-    resume_from = resolve_resume(config.train.resume, checkpoints)
-    if config.train.init_from and resume_from is None:
-        check_init_from(Path(config.train.init_from), config)
+    start = StartPoint.of(config)
     recipe = recipe_of(config.model)
     prepared = recipe.prepare(config)
-    rank, _ = init_distributed()
+    init_distributed()
     topology = init_topology(config.parallel.tensor_parallel_size, config.parallel.expert_parallel_size)
     started = time.perf_counter()
-
-    if config.train.init_from and resume_from is None:
-        single_device = initial_model(Path(config.train.init_from))  # e.g. fine-tuning a pruned model
-    else:
-        single_device = build_pretraining_model(config.model, seed=config.train.seed)
-    model = parallelize(single_device, topology, config.model.activation_checkpointing)
+    model = parallelize(start.single_device_model(config), topology, config.model.activation_checkpointing)
     recipe.after_parallelize(model)
     engine = build_engine(model, config, topology.data_parallel_size, topology.mpu)
     # Data (and masks) follow the data-parallel rank: the ranks of one TP group work on the same samples.
-    data_rank, data_world = topology.data_rank, topology.data_parallel_size
-    loader = build_loader(config.data, data_rank, data_world)
-    mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + data_rank)
-    result = TrainResult()
-    world = dist.get_world_size()
-    callbacks: list[Callback] = []
-    if config.train.callbacks:
-        callbacks = [
-            Throughput(recipe.flops_per_sample(config.model), world, config.train.peak_tflops_per_device),
-            RouterLoad(replicas=config.parallel.tensor_parallel_size),
-            Accounting(world, config.train.watts_per_device),
-        ]
+    loader = build_loader(config.data, topology.data_rank, topology.data_parallel_size)
+    mask_rng = torch.Generator().manual_seed(config.train.seed * 1_000_003 + topology.data_rank)
+    callbacks = metric_callbacks(config, recipe.flops_per_sample(config.model), dist.get_world_size())
     callbacks += list(extra_callbacks)
     for callback in callbacks:
         callback.on_train_begin(engine.module)
-    if resume_from is not None:
-        meta = read_resume_meta(resume_from, config)
-        load_callback_states(callbacks, meta.get("callbacks", {}))
-        optimizer_states = meta.get("optimizer_states", True)
-        if not optimizer_states and rank == 0:
-            log.warning("%s was resharded: model weights only, the optimizer starts fresh Adam moments", resume_from)
-        load_engine_state(engine, resume_from, optimizer_states)
-        data_state, rng_state = load_rank_states(resume_from)
-        loader.load_state_dict(data_state)
-        rng.restore(rng_state, mask_rng)
-        result.start_step = int(meta["step"])
-        if rank == 0:
-            log.info("resumed from %s at step %d", resume_from, result.start_step)
-    batches = iter(loader)
-
-    def save(step: int) -> Path:
-        def write_extra(directory: Path) -> None:
-            for callback in callbacks:
-                callback.on_save(directory)
-
-        return save_checkpoint(
-            engine, config, checkpoints, step, loader.state_dict(), rng.capture(mask_rng),
-            extra_meta={"callbacks": callback_states(callbacks)}, write_extra=write_extra,
-        )  # fmt: skip
-
-    tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
+    result = TrainResult(start_step=start.restore(engine, loader, mask_rng, callbacks, config))
+    callbacks += run_callbacks(engine, config, loader, mask_rng, callbacks, result, start, started)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
     recipe_step = recipe.build_step(config, prepared, mask_rng, engine.device, dtype, topology.data_parallel_group())
-    micro = _MicroBatches(engine, recipe_step, batches, config)
-    logger = MetricLogger(output_dir, config.train.steps, result.start_step, enabled=rank == 0)
+    micro = _MicroBatches(engine, recipe_step, iter(loader), config, topology.data_parallel_size)
     step = result.start_step
     try:
-        while step < config.train.steps:
+        while step < config.train.steps and not result.preempted:
             step += 1
-            tick = time.perf_counter()
-            outcome = micro.optimizer_step(step)
-            mean_loss = outcome.loss_sum / (dist.get_world_size() * outcome.micro_batches)
-            result.losses.append(mean_loss)
-            result.nonfinite_steps = micro.nonfinite_total
-            metrics = outcome.metrics
-            metrics.update(
-                {
-                    "loss/total": mean_loss,
-                    "lr": engine.get_lr()[0],
-                    "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                    "loss_scale": _loss_scale(engine),
-                    "nonfinite_steps": micro.nonfinite_total,
-                }
-            )
-            samples = outcome.samples * data_world
-            info = StepInfo(step, time.perf_counter() - tick, samples, samples * tokens_per_sample, outcome.output)
+            info, metrics = micro.optimizer_step(step)
+            result.losses.append(metrics["loss/total"])
+            result.nonfinite_steps, result.preempted = micro.nonfinite_total, bool(info.stop_reason)
             for callback in callbacks:
                 callback.on_step(info, metrics)
-            periodic = config.train.save_every and step % config.train.save_every == 0 and step != config.train.steps
-            if outcome.stop_reason or periodic:
-                save_tick = time.perf_counter()
-                result.checkpoint = save(step)
-                metrics["checkpoint/save_s"] = time.perf_counter() - save_tick
-            metrics["elapsed_s"] = time.perf_counter() - started  # wall clock, for step-time analysis
-            logger.log(step, metrics)
-            if outcome.stop_reason:
-                result.preempted = True
-                if rank == 0:
-                    atomic_write_json(output_dir / PREEMPTED_MARKER, {"step": step, "reason": outcome.stop_reason})
-                    log.warning(
-                        "preempted (%s): saved %s; exiting for a requeue", outcome.stop_reason, result.checkpoint
-                    )
-                break
         if not result.preempted:
-            result.checkpoint = save(step) if step > result.start_step or resume_from is None else resume_from
-            if rank == 0:
-                (output_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+            for callback in callbacks:
+                callback.on_train_end(step)
     finally:
         micro.close()
-        logger.close()
-    result.seconds = time.perf_counter() - started
-    result.engine = engine
+        for callback in callbacks:
+            callback.close()
+    result.seconds, result.engine = time.perf_counter() - started, engine
     return result
 
 
@@ -195,17 +106,40 @@ class _MicroBatches:
     row abort. One all-reduce per micro-batch agrees on the loss, on non-finite losses and on preemption
     requests, so every rank takes the same branch."""
 
-    def __init__(self, engine, step, batches, config: RunConfig) -> None:
+    def __init__(self, engine, step, batches, config: RunConfig, data_parallel_size: int) -> None:
         """``step``: the recipe's micro-batch step (inputs go where the engine's weights are, in their dtype:
         DeepSpeed casts only plain tensor inputs)."""
         self.engine, self.step, self.batches = engine, step, batches
+        self.data_parallel_size = data_parallel_size
+        self.tokens_per_sample = (config.model.img_size // config.model.patch_size) ** 2
         self.accumulation = config.train.gradient_accumulation_steps
         self.max_nonfinite = config.train.max_nonfinite_steps
         self.watch = PreemptionWatch()
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
 
-    def optimizer_step(self, step: int) -> _StepOutcome:
+    def optimizer_step(self, step: int) -> tuple[StepInfo, dict[str, float]]:
+        """What the step did (samples and tokens over all data-parallel ranks) and its metrics."""
+        tick = time.perf_counter()
+        outcome = self._accumulate(step)
+        mean_loss = outcome.loss_sum / (dist.get_world_size() * outcome.micro_batches)
+        engine = self.engine
+        metrics = outcome.metrics
+        metrics.update(
+            {
+                "loss/total": mean_loss,
+                "lr": engine.get_lr()[0],
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "loss_scale": _loss_scale(engine),
+                "nonfinite_steps": self.nonfinite_total,
+            }
+        )
+        samples = outcome.samples * self.data_parallel_size
+        seconds = time.perf_counter() - tick
+        info = StepInfo(step, seconds, samples, samples * self.tokens_per_sample, outcome.output, outcome.stop_reason)
+        return info, metrics
+
+    def _accumulate(self, step: int) -> _StepOutcome:
         outcome = _StepOutcome()
         while outcome.micro_batches < self.accumulation:
             batch = next(self.batches)

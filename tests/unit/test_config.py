@@ -104,3 +104,14 @@ def test_recipe_and_places_must_agree_and_contrastive_keys_are_checked():
         load_config(tiny, ["model.fusion.experts=3"])
     with pytest.raises(ConfigError, match="data.max_dates"):
         load_config(tiny, ["data.max_dates.optical=2"])
+
+
+def test_metric_callbacks_are_a_configurable_list():
+    from ringmoe.train.callbacks import metric_callbacks
+
+    config = load_config(TINY, ["train.callbacks=[accounting,throughput]"])
+    assert [c.name for c in metric_callbacks(config, 0.0, 1)] == ["accounting", "throughput"]
+    assert metric_callbacks(load_config(TINY, ["train.callbacks=[]"]), 0.0, 1) == []
+    for bad in ("[throughput,bogus]", "[throughput,throughput]"):
+        with pytest.raises(ConfigError, match="train.callbacks .*: each once, from"):
+            metric_callbacks(load_config(TINY, [f"train.callbacks={bad}"]), 0.0, 1)
