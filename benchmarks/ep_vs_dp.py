@@ -27,8 +27,8 @@ def _worker(rank: int, port: int, ep: int, steps: int, per_modality: int, overri
     )  # fmt: skip
     torch.set_num_threads(1)
     from ringmoe.config.schema import load_config
-    from ringmoe.models.build import build_model
-    from ringmoe.objectives.build import build_objective
+    from ringmoe.models.factory import build_model
+    from ringmoe.objectives.factory import build_objective
     from ringmoe.parallel.distributed import init_distributed
     from ringmoe.parallel.engine import build_engine
     from ringmoe.parallel.expert_parallel import apply_expert_parallel

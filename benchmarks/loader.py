@@ -51,8 +51,8 @@ from data_pipeline.config import load_build_config  # noqa: E402
 from data_pipeline.plan import make_plan  # noqa: E402
 from data_pipeline.read import open_scene  # noqa: E402
 from ringmoe.config.schema import DataConfig  # noqa: E402
+from ringmoe.core.dataset_format import MANIFEST_NAME  # noqa: E402
 from ringmoe.core.normalization import normalize  # noqa: E402
-from ringmoe.core.schema import MANIFEST_NAME  # noqa: E402
 from ringmoe.core.sensors import default_sources_dir, load_registry  # noqa: E402
 from ringmoe.data.loader import build_loader  # noqa: E402
 

@@ -10,9 +10,9 @@ import torch
 
 from benchmarks.common import mm_flops_per_second, seconds_per_call, synthetic_batch
 from ringmoe.config.schema import load_config
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.models.size import forward_flops_per_sample
-from ringmoe.objectives.build import build_objective
+from ringmoe.objectives.factory import build_objective
 
 
 def bench_train_flops(

@@ -28,9 +28,9 @@ from data_pipeline.manifest import manifest_path, sha256_file, write_json_atomic
 from data_pipeline.plan import PIPELINE_VERSION, PartJob, Plan, StreamPlan, load_registry_for, make_plan
 from data_pipeline.samples import Quarantined, Sample, Skipped, produce
 from data_pipeline.shards import ShardWriter
+from ringmoe.core.dataset_format import MANIFEST_FORMAT_VERSION
 from ringmoe.core.errors import ConfigError, DataError
 from ringmoe.core.normalization import channel_names
-from ringmoe.core.schema import MANIFEST_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 

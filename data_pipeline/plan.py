@@ -21,8 +21,8 @@ from data_pipeline.config import BuildConfig, InputSpec, canonical_hash, config_
 from data_pipeline.read import find_scenes, open_scene, resolve_scene
 from data_pipeline.samples import Group, PairGroup, SequenceGroup, SingleGroup, TileSettings, parse_time
 from data_pipeline.scene import Scene
+from ringmoe.core.dataset_format import MANIFEST_FORMAT_VERSION
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import MANIFEST_FORMAT_VERSION
 from ringmoe.core.sensors import SensorRegistry, SensorSpec, default_sources_dir, load_registry
 
 log = logging.getLogger(__name__)

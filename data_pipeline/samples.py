@@ -21,9 +21,9 @@ from data_pipeline.scene import Scene
 from data_pipeline.shards import json_bytes, npy_bytes
 from data_pipeline.tiling import tile_geometry, tile_windows
 from data_pipeline.warp import warp_tile
+from ringmoe.core.dataset_format import IMAGE_EXT, META_EXT, VALID_EXT, sample_key
 from ringmoe.core.errors import DataError
 from ringmoe.core.normalization import channel_names, normalize_valid, valid_mask
-from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, sample_key
 from ringmoe.core.sensors import SensorSpec
 from ringmoe.core.tiles import SOURCE_ENCODING, keeps_source, pack_valid, stored_raw
 

@@ -18,9 +18,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ringmoe.core.dataset_format import MANIFEST_FORMAT_VERSION, index_name
 from ringmoe.core.digests import member_digest
 from ringmoe.core.files import atomic_write_bytes
-from ringmoe.core.schema import MANIFEST_FORMAT_VERSION, index_name
 
 TAR_BLOCK = tarfile.BLOCKSIZE
 TAR_RECORD = tarfile.RECORDSIZE  # tarfile pads the archive to a multiple of this

@@ -21,9 +21,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from data_pipeline.manifest import manifest_path, read_manifest, sha256_file
+from ringmoe.core.dataset_format import IMAGE_EXT, META_EXT, VALID_EXT, check_member_name, expected_members, parse_index
 from ringmoe.core.digests import digest_like
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT, check_member_name, expected_members, parse_index
 from ringmoe.core.tiles import TileDecoder, manifest_decoders, normalized_arrays
 
 log = logging.getLogger(__name__)

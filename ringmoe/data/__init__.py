@@ -1,4 +1,4 @@
-"""Streaming loader over the shard datasets written by ``ringmoe-data build`` (format: ``ringmoe.core.schema``).
+"""Streaming loader over the shard datasets written by ``ringmoe-data build`` (format: ``ringmoe.core.dataset_format``).
 
 ``build_loader(config.data, rank, world_size)`` -> ``ShardLoader``: endless ``MultiModalBatch``es with a
 resumable ``state_dict()`` and a quarantine ``report()``. Modules, bottom up: ``store`` (bytes from a local

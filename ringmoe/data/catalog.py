@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ringmoe.core.dataset_format import MANIFEST_NAME, parse_manifest, read_manifest
 from ringmoe.core.errors import ConfigError, DataError
-from ringmoe.core.schema import MANIFEST_NAME, parse_manifest, read_manifest
 from ringmoe.core.sensors import SensorRegistry, load_registry, registry_from_records
 from ringmoe.core.tiles import TileDecoder, tile_decoders
 from ringmoe.data.store import LocalStore, Store, open_store

@@ -16,8 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from ringmoe.core.dataset_format import IMAGE_EXT, META_EXT, VALID_EXT
 from ringmoe.core.digests import digest_like
-from ringmoe.core.schema import IMAGE_EXT, META_EXT, VALID_EXT
 from ringmoe.core.tiles import SOURCE_ENCODING, TileDecoder
 
 # Problem categories, as counted in ShardLoader.report().

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ringmoe.core.dataset_format import IMAGE_EXT, META_EXT, parse_index, read_shard_members
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, META_EXT, parse_index, read_shard_members
 from ringmoe.core.tiles import TileDecoder
 from ringmoe.data.catalog import ShardInfo
 from ringmoe.data.checks import (

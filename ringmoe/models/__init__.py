@@ -1,7 +1,7 @@
 """Single-device PyTorch model code. Never imports deepspeed or megatron: parallelism is applied from outside."""
 
-from ringmoe.models.build import build_model
 from ringmoe.models.encoder import RingMoEEncoder, RingMoESimMIM
+from ringmoe.models.factory import build_model
 from ringmoe.models.moe import FeedForward, HierarchicalMoE, RoutedExperts
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import ConfigError
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.models.size import parameter_report
 
 UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}

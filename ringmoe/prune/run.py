@@ -28,7 +28,7 @@ from ringmoe.core.files import atomic_write_bytes, atomic_write_json, atomic_wri
 from ringmoe.core.plots import heatmap_png
 from ringmoe.core.structured import to_yaml
 from ringmoe.data.loader import build_loader
-from ringmoe.objectives.build import build_objective
+from ringmoe.objectives.factory import build_objective
 from ringmoe.prune.apply import apply_plan
 from ringmoe.prune.calibrate import RoutingReport, calibrate
 from ringmoe.prune.downstream import DownstreamRetention, downstream_retention, load_labelled_set

@@ -16,10 +16,10 @@ from ringmoe.config.schema import ModelConfig, RunConfig
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.encoder_config import encoder_fields
 from ringmoe.data.catalog import dataset_sensors
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.models.memory import Layout, memory_table
 from ringmoe.models.size import COMPONENTS, forward_flops_per_sample, parameter_report, short_count
-from ringmoe.objectives.build import build_objective, build_view_augmentation
+from ringmoe.objectives.factory import build_objective, build_view_augmentation
 from ringmoe.objectives.image_views import nt_xent
 from ringmoe.recipes.registry import HFRelease, Recipe, register
 from ringmoe.recipes.step import check_tile_size

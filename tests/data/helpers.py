@@ -11,7 +11,7 @@ import numpy as np
 
 from ringmoe.config.schema import DataConfig
 from ringmoe.core.batch import MultiModalBatch
-from ringmoe.core.schema import MANIFEST_NAME
+from ringmoe.core.dataset_format import MANIFEST_NAME
 from ringmoe.data.loader import build_loader
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ import pytest
 
 from data_pipeline.shards import ShardWriter, npy_bytes
 from ringmoe.config.schema import DataConfig
+from ringmoe.core.dataset_format import IMAGE_EXT, read_shard_members
 from ringmoe.core.errors import DataError
-from ringmoe.core.schema import IMAGE_EXT, read_shard_members
 from ringmoe.data.loader import build_loader
 from tests.data.helpers import DEMO_CONFIG, copy_dataset, flat_keys, index_samples, manifest, source_keys
 

@@ -11,7 +11,7 @@ import torch
 
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.batch import MultiModalBatch
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss
 from tests.distributed.spawn import run_distributed
 from tests.tolerances import assert_close_up_to_rounding, loss_rtol

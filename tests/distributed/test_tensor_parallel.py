@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ringmoe.config.schema import ModelConfig
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from tests.distributed.spawn import run_distributed
 from tests.distributed.test_expert_parallel import loss_of, random_batch
 from tests.tolerances import assert_close_up_to_rounding, loss_rtol

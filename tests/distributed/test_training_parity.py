@@ -47,7 +47,7 @@ def consolidated_weights(run: Path, out: Path) -> dict[str, torch.Tensor]:
 
 def initial_weights() -> dict[str, torch.Tensor]:
     from ringmoe.config.schema import load_config
-    from ringmoe.models.build import build_model
+    from ringmoe.models.factory import build_model
 
     config = load_config(REPO / "configs" / "tiny.yaml")
     return build_model(config.model, seed=config.train.seed).state_dict()
@@ -156,7 +156,7 @@ def test_tp2_checkpoint_consolidates_to_the_single_device_weights(demo_shards: P
     from ringmoe.checkpoint.consolidate import consolidate
     from ringmoe.checkpoint.safetensors_io import read_sharded
     from ringmoe.config.schema import load_config
-    from ringmoe.models.build import build_model
+    from ringmoe.models.factory import build_model
 
     frozen = ["train.lr=1e-30", "train.min_lr=1e-30", "parallel.tensor_parallel_size=2"]
     train_metrics(demo_shards, tmp_path / "tp2", 1, *frozen)

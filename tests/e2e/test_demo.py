@@ -104,7 +104,7 @@ def test_hf_export_reproduces_the_checkpoint(demo: tuple[Path, str]) -> None:
     from ringmoe.config.schema import DataConfig, ModelConfig
     from ringmoe.core.structured import from_dict
     from ringmoe.data.stream import ShardStream
-    from ringmoe.models.build import build_model
+    from ringmoe.models.factory import build_model
 
     out, _ = demo
     config = from_dict(ModelConfig, json.loads((out / "consolidated" / "ringmoe_model.json").read_text()), "test")

@@ -14,7 +14,7 @@ from torch import nn
 from ringmoe.config.schema import ModelConfig, RunConfig
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.errors import ConfigError
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.recipes.registry import Recipe, register
 from ringmoe.recipes.simmim import RingMoESimMIM
 from ringmoe.recipes.step import check_tile_size

@@ -13,7 +13,7 @@ from ringmoe.config.schema import ModelConfig
 from ringmoe.core.errors import CheckpointError
 from ringmoe.eval.features import load_encoder
 from ringmoe.export.huggingface import export_huggingface
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from tests.checkpoint.synthetic import write_synthetic_checkpoint
 from tests.unit.test_model import batch_for
 

@@ -22,7 +22,7 @@ from ringmoe.eval.datasets import ADAPTERS, IGNORE
 from ringmoe.eval.datasets.eolearn import LULC_CLASSES
 from ringmoe.eval.run import evaluate
 from ringmoe.export.huggingface import export_huggingface
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from tests.checkpoint.synthetic import write_synthetic_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

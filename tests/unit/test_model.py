@@ -3,7 +3,7 @@ import torch
 
 from ringmoe.config.schema import ModelConfig
 from ringmoe.core.batch import MultiModalBatch
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.models.moe import RoutedExperts, top1_routing
 from ringmoe.objectives.simmim import MaskGenerator, SimMIMLoss, masked_l1
 from ringmoe.parallel.checkpointing import apply_activation_checkpointing

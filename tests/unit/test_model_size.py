@@ -9,7 +9,7 @@ import torch
 
 from ringmoe.cli.main import main
 from ringmoe.config.schema import load_config, load_model_config
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.models.size import forward_flops_per_sample, parameter_report
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -16,8 +16,8 @@ from ringmoe.config.schema import ObjectiveConfig, RunConfig, load_config
 from ringmoe.core.batch import ModelOutput, MultiModalBatch
 from ringmoe.core.errors import ConfigError
 from ringmoe.core.sensors import load_registry
-from ringmoe.models.build import build_model
-from ringmoe.objectives.build import build_objective
+from ringmoe.models.factory import build_model
+from ringmoe.objectives.factory import build_objective
 from ringmoe.objectives.sar_amplitude import gamma_nll
 from ringmoe.objectives.sar_complex import (
     h_a_alpha,

@@ -18,7 +18,7 @@ from ringmoe.config.schema import ModelConfig, PruneConfig, RunConfig
 from ringmoe.core.errors import CheckpointError, ConfigError
 from ringmoe.core.files import atomic_write_json
 from ringmoe.core.structured import to_dict
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.prune.apply import apply_plan
 from ringmoe.prune.calibrate import (
     ExpertUsage,

@@ -20,7 +20,7 @@ from ringmoe.core.errors import ConfigError
 from ringmoe.eval.datasets import ADAPTERS
 from ringmoe.eval.metrics import accuracy, confusion_matrix
 from ringmoe.eval.probe import linear_probe
-from ringmoe.models.build import build_model
+from ringmoe.models.factory import build_model
 from ringmoe.prune.calibrate import calibrate
 from ringmoe.prune.run import prune_checkpoint
 from tests.unit.test_model import batch_for

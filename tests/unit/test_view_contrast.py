@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from ringmoe.config.schema import RunConfig, load_config
 from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.errors import ConfigError
-from ringmoe.models.build import build_model
-from ringmoe.objectives.build import build_objective
+from ringmoe.models.factory import build_model
+from ringmoe.objectives.factory import build_objective
 from ringmoe.objectives.image_views import _DIHEDRAL, ViewAugmentation, nt_xent
 from ringmoe.objectives.simmim import block_standardized
 from ringmoe.recipes.simmim import RingMoEStep
