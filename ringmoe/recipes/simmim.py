@@ -26,7 +26,7 @@ from ringmoe.recipes.step import check_tile_size
 
 
 @register
-class RingMoESimMIM(Recipe):
+class RingMoESimMIMRecipe(Recipe):
     name = "ringmoe"
     online_probe = True
     hf = HFRelease(

@@ -153,7 +153,7 @@ class SkySenseStep:
 
 
 @register
-class SkySense(Recipe):
+class SkySenseRecipe(Recipe):
     name = "skysense"
     released_prefix = "teacher."
     reads_places = True

@@ -16,7 +16,7 @@ from ringmoe.core.batch import MultiModalBatch
 from ringmoe.core.errors import ConfigError
 from ringmoe.models.factory import build_model
 from ringmoe.recipes.registry import Recipe, register
-from ringmoe.recipes.simmim import RingMoESimMIM
+from ringmoe.recipes.simmim import RingMoESimMIMRecipe
 from ringmoe.recipes.step import check_tile_size
 
 
@@ -56,7 +56,7 @@ class ChannelMeansStep:
 @register
 class ToyChannelMeans(Recipe):
     name = "toy_channel_means"
-    hf = RingMoESimMIM.hf  # it releases a RingMoE encoder: the same HuggingFace model
+    hf = RingMoESimMIMRecipe.hf  # it releases a RingMoE encoder: the same HuggingFace model
 
     def validate(self, config: RunConfig) -> None:
         if config.objective.views.weight:
@@ -69,4 +69,4 @@ class ToyChannelMeans(Recipe):
         return ChannelMeansStep(config, device, dtype)
 
     def hf_config(self, config: ModelConfig) -> dict:
-        return RingMoESimMIM().hf_config(config)
+        return RingMoESimMIMRecipe().hf_config(config)
