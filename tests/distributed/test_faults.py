@@ -16,11 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _train_with_nan_losses(rank: int, world: int, shards: str, out: str, nan_steps: list[int], limit: int) -> None:
+    import ringmoe.recipes.simmim as simmim
     import ringmoe.train.loop as loop
     from ringmoe.config.schema import load_config
     from ringmoe.core.errors import TrainingError
 
-    real_build = loop.build_objective
+    real_build = simmim.build_objective  # the RingMoE recipe's prepare() builds the objective through it
 
     def build_objective(*args, **kwargs):
         objective = real_build(*args, **kwargs)
@@ -39,7 +40,7 @@ def _train_with_nan_losses(rank: int, world: int, shards: str, out: str, nan_ste
 
         return NaNOnSomeSteps()
 
-    loop.build_objective = build_objective
+    simmim.build_objective = build_objective
     overrides = [
         f"data.shards={shards}", f"train.output_dir={out}", "train.steps=5", "parallel.expert_parallel_size=2",
         f"train.max_nonfinite_steps={limit}", "train.warmup_steps=4",  # lr rises on every real update
