@@ -326,7 +326,11 @@ class ContrastiveConfig:
     temperature: float = 0.2
     clusters: int = 4  # k-means regions per image for the object term
     max_pixels: int = 1024  # positions drawn for the pixel term
-    cell_degrees: float = 1.0  # geographic cell size of the prototypes
+    # Geo-context regions: a cell_degrees grid over region_bounds (west, south, east, north), one prototype set of
+    # model.fusion.prototype_cells per cell; places outside the bounds get no prototype term (counted). The default,
+    # 45 degree cells over the globe (4 x 8 = 32 regions), fits the default 64 sets; run configs set their own.
+    cell_degrees: float = 45.0
+    region_bounds: list[float] = field(default_factory=lambda: [-180.0, -90.0, 180.0, 90.0])
     prototype_momentum: float = 0.99
     teacher_momentum: float = 0.99
     view_gain: float = 0.1
@@ -348,6 +352,12 @@ class ContrastiveConfig:
         for key in ("prototype_momentum", "teacher_momentum", "view_drop_date"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"contrastive.{key}={getattr(self, key)} must be in [0, 1)")
+        west, south, east, north = self.region_bounds if len(self.region_bounds) == 4 else (0, 0, 0, 0)
+        if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+            raise ConfigError(
+                f"contrastive.region_bounds {list(self.region_bounds)}: [west, south, east, north] in degrees, "
+                "west < east within [-180, 180], south < north within [-90, 90]"
+            )
 
 
 @dataclass

@@ -13,14 +13,26 @@ from torch import nn
 
 from ringmoe.objectives.sinkhorn import sinkhorn
 
+GLOBE = (-180.0, -90.0, 180.0, 90.0)
 
-def geo_cell(lon: torch.Tensor, lat: torch.Tensor, cell_degrees: float, cells: int) -> torch.Tensor:
-    """Cell id in ``[0, cells)`` of each location: a ``cell_degrees`` grid over the globe, row-major from
-    (-180, -90), folded onto ``cells`` prototype sets."""
-    columns = math.ceil(360.0 / cell_degrees)
-    row = torch.floor((lat.double().clamp(-90, 90 - 1e-9) + 90.0) / cell_degrees).long()
-    column = torch.floor((lon.double().clamp(-180, 180 - 1e-9) + 180.0) / cell_degrees).long()
-    return (row * columns + column) % cells
+
+def region_grid(bounds, cell_degrees: float) -> tuple[int, int]:
+    """(rows, columns) of the ``cell_degrees`` grid over ``bounds`` (west, south, east, north): one region,
+    and one prototype set, per cell."""
+    west, south, east, north = bounds
+    return math.ceil((north - south) / cell_degrees), math.ceil((east - west) / cell_degrees)
+
+
+def geo_cell(lon: torch.Tensor, lat: torch.Tensor, cell_degrees: float, bounds=GLOBE) -> torch.Tensor:
+    """Region id of each location: its cell of the ``cell_degrees`` grid over ``bounds``, row-major from the
+    south-west corner (the north and east edges belong to the last row and column); -1 outside ``bounds``."""
+    west, south, east, north = bounds
+    rows, columns = region_grid(bounds, cell_degrees)
+    lon, lat = lon.double(), lat.double()
+    inside = (lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)
+    row = torch.floor((lat - south) / cell_degrees).long().clamp(0, rows - 1)
+    column = torch.floor((lon - west) / cell_degrees).long().clamp(0, columns - 1)
+    return torch.where(inside, row * columns + column, torch.full_like(row, -1))
 
 
 def _normalized_entropy(usage: torch.Tensor) -> float:
@@ -51,7 +63,8 @@ class GeoPrototypes(nn.Module):
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, cell: torch.Tensor, group=None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``student``, ``teacher`` (N, D), ``cell`` (N,): the swapped-prediction loss and, for monitoring,
+        """``student``, ``teacher`` (N, D), ``cell`` (N,) (-1: outside every region, no prototype term, counted in
+        ``outside_fraction``): the swapped-prediction loss over the others and, for monitoring,
         ``assignment_entropy`` (entropy of the mean Sinkhorn assignment of each cell's samples over its
         prototypes, divided by log K: 1 when every prototype is used equally, 0 when one takes all) and
         ``prediction_entropy`` (the same for the student's hard choices: prototypes that collapsed onto one
@@ -65,7 +78,10 @@ class GeoPrototypes(nn.Module):
         update = torch.zeros_like(self.prototypes)
         counted = torch.zeros_like(self.choices)
         entropies, predicted = [], []
-        for c in cell.unique().tolist():
+        regions = [c for c in cell.unique().tolist() if c >= 0]
+        if regions and max(regions) >= len(prototypes):
+            raise ValueError(f"region id {max(regions)} beyond the {len(prototypes)} prototype sets")
+        for c in regions:
             members = cell == c
             scores = t[members] @ prototypes[c].T
             q = sinkhorn(scores, self.epsilon, self.iterations)
@@ -78,15 +94,15 @@ class GeoPrototypes(nn.Module):
             counted[c] = choices.to(counted)
         if self.training:
             self._ema(update, counted, group)
-        stats = {
-            "assignment_entropy": sum(entropies) / len(entropies),
-            "prediction_entropy": sum(predicted) / len(predicted),
-            "cells": len(entropies),
-        }
+        inside = int((cell >= 0).sum())
+        stats = {"cells": len(entropies), "outside_fraction": 1.0 - inside / max(len(cell), 1)}
+        if entropies:
+            stats["assignment_entropy"] = sum(entropies) / len(entropies)
+            stats["prediction_entropy"] = sum(predicted) / len(predicted)
         usage = self.usage_entropy()
         if not math.isnan(usage):  # logged once some cell has K choices
             stats["usage_entropy"] = usage
-        return loss / len(s), stats
+        return loss / max(inside, 1), stats
 
     def usage_entropy(self) -> float:
         """Normalized entropy of the accumulated choices, averaged over cells with >= K choices (NaN: none)."""

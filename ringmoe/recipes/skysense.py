@@ -31,7 +31,7 @@ from ringmoe.models.ema import ema_update, freeze_parameters, make_teacher, mome
 from ringmoe.models.size import short_count
 from ringmoe.models.skysense import SkySenseEncoder, SkySenseOutput
 from ringmoe.objectives.contrastive import info_nce, object_contrast, pixel_contrast
-from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell
+from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell, region_grid
 from ringmoe.objectives.views import augmented_view
 from ringmoe.recipes.registry import HFRelease, Recipe, register
 from ringmoe.recipes.step import check_tile_size
@@ -100,7 +100,7 @@ class SkySensePretrain(nn.Module):
             "cross_modal": self._cross_modal(s, t, settings.temperature),
         }
         lon, lat = student_view.location[:, 0], student_view.location[:, 1]
-        cells = geo_cell(lon, lat, settings.cell_degrees, self.prototypes.prototypes.shape[0])
+        cells = geo_cell(lon, lat, settings.cell_degrees, settings.region_bounds)
         terms["prototypes"], proto_stats = self.prototypes(s_image, t_image, cells.to(s_image.device), group)
         total = sum(settings.weights.get(name, 1.0) * value for name, value in terms.items())
         total = total + aux_coef * s.aux_loss + z_coef * s.z_loss
@@ -171,6 +171,15 @@ class SkySenseRecipe(Recipe):
     )
 
     def validate(self, config: RunConfig) -> None:
+        contrastive, sets = config.contrastive, config.model.fusion.prototype_cells
+        rows, columns = region_grid(contrastive.region_bounds, contrastive.cell_degrees)
+        if rows * columns > sets:
+            raise ConfigError(
+                f"contrastive: the region grid over {list(contrastive.region_bounds)} at cell_degrees="
+                f"{contrastive.cell_degrees} has {rows} x {columns} = {rows * columns} regions, but "
+                f"model.fusion.prototype_cells={sets}: each region needs its own prototype set (coarser "
+                "cell_degrees, smaller region_bounds or more prototype_cells)"
+            )
         ep = config.parallel.expert_parallel_size
         if config.model.fusion.experts % ep:
             raise ConfigError(

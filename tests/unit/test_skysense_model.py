@@ -97,11 +97,11 @@ def test_pretraining_step_logs_every_term_and_trains_only_the_student():
     batch = sequence_batch()
     before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
     views = augmented_view(batch, generator), augmented_view(batch, generator)
-    loss, metrics, _ = model(*views, ContrastiveConfig(), generator, aux_coef=0.01)
+    loss, metrics, _ = model(*views, ContrastiveConfig(cell_degrees=4.0), generator, aux_coef=0.01)
     assert set(metrics) >= {f"loss/{t}" for t in TERMS} and all(
         torch.isfinite(torch.tensor(v)) for v in metrics.values()
     )
-    assert metrics["prototypes/cells"] == 3  # Slovenia (two places), Ireland, Finland at 1 degree cells
+    assert metrics["prototypes/cells"] == 3  # Slovenia (two places), Ireland, Finland at 4 degree cells
     loss.backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert model.student_heads.image[0].weight.grad.abs().sum() > 0

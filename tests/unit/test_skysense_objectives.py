@@ -12,7 +12,7 @@ from torch import nn
 
 from ringmoe.models.ema import ema_update, make_teacher, momentum_at
 from ringmoe.objectives.contrastive import info_nce, kmeans, object_contrast, pixel_contrast, region_pool
-from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell
+from ringmoe.objectives.geo_prototypes import GeoPrototypes, geo_cell, region_grid
 from ringmoe.objectives.sinkhorn import sinkhorn
 
 
@@ -89,10 +89,47 @@ def test_ema_teacher_trails_the_student_by_hand():
 
 
 def test_geo_cells_by_hand():
-    lon, lat = torch.tensor([-180.0, 0.0, 179.9, 14.6]), torch.tensor([-90.0, 0.0, 89.9, 46.1])
-    # 90 degree cells: 4 columns x 2 rows; (0, 0) is row 1, column 2 -> 6; (179.9, 89.9) -> 7; Slovenia -> 6.
-    assert geo_cell(lon, lat, 90.0, 100).tolist() == [0, 6, 7, 6]
-    assert geo_cell(lon, lat, 90.0, 4).tolist() == [0, 2, 3, 2]  # folded onto 4 prototype sets
+    lon, lat = torch.tensor([-180.0, 0.0, 180.0, 14.6]), torch.tensor([-90.0, 0.0, 90.0, 46.1])
+    # 90 degree cells: 4 columns x 2 rows; (0, 0) is row 1, column 2 -> 6; (180, 90), the corner -> 7; Slovenia -> 6.
+    assert geo_cell(lon, lat, 90.0).tolist() == [0, 6, 7, 6]
+    # Europe in 10 degree cells (4 rows x 7 columns): Slovenia is row 1, column 3; the rest lies outside.
+    assert geo_cell(lon, lat, 10.0, (-25.0, 34.0, 45.0, 72.0)).tolist() == [-1, -1, -1, 10]
+
+
+def test_every_region_has_its_own_prototype_set():
+    """Cell centres of a grid map one-to-one onto 0..rows*columns-1: no two regions share prototypes."""
+    bounds, degrees = (-25.0, 34.0, 45.0, 72.0), 10.0
+    rows, columns = region_grid(bounds, degrees)
+    lat = bounds[1] + degrees * (torch.arange(rows).double() + 0.5)
+    lon = bounds[0] + degrees * (torch.arange(columns).double() + 0.5)
+    grid_lat, grid_lon = torch.meshgrid(lat.clamp(max=bounds[3]), lon.clamp(max=bounds[2]), indexing="ij")
+    ids = geo_cell(grid_lon.flatten(), grid_lat.flatten(), degrees, bounds)
+    assert (rows, columns) == (4, 7) and ids.tolist() == list(range(rows * columns))
+
+
+def test_a_region_grid_larger_than_the_prototype_bank_is_a_config_error():
+    from pathlib import Path
+
+    from ringmoe.core.errors import ConfigError
+    from ringmoe.recipes.registry import load_run_config
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "skysense_tiny.yaml"
+    assert load_run_config(tiny).contrastive.cell_degrees == 10.0
+    with pytest.raises(ConfigError, match=r"has 8 x 14 = 112 regions, but model.fusion.prototype_cells=64"):
+        load_run_config(tiny, ["contrastive.cell_degrees=5.0"])
+    with pytest.raises(ConfigError, match="contrastive.region_bounds"):
+        load_run_config(tiny, ["contrastive.region_bounds=[10.0, 0.0, 5.0, 10.0]"])
+
+
+def test_places_outside_every_region_get_no_prototype_term():
+    features = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    cells = torch.tensor([0, 0, 1, -1, -1, 1])
+    torch.manual_seed(0)
+    loss, stats = GeoPrototypes(cells=2, per_cell=4, dim=8)(features, features, cells)
+    torch.manual_seed(0)
+    inside = cells >= 0
+    reference, _ = GeoPrototypes(cells=2, per_cell=4, dim=8)(features[inside], features[inside], cells[inside])
+    assert torch.equal(loss, reference) and stats["outside_fraction"] == pytest.approx(2 / 6)
 
 
 def test_geo_prototypes_loss_by_hand_and_ema_moves_assigned_prototypes():
