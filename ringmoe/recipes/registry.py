@@ -13,6 +13,7 @@ model config travels with every checkpoint, so consolidation, export and evaluat
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -91,8 +92,9 @@ class Recipe:
         """The encoder's entries of the exported ``config.json``."""
         raise NotImplementedError
 
-    def describe(self, config: ModelConfig) -> list[str]:
-        """``ringmoe model-info``'s lines for this recipe's model (built on the meta device)."""
+    def describe(self, config: ModelConfig, layouts: Sequence[Any] = ()) -> list[str]:
+        """``ringmoe model-info``'s lines for this recipe's model (built on the meta device); ``layouts``: the
+        ``--memory`` layouts (``ringmoe.models.memory.Layout``) a recipe with a memory model reports."""
         with torch.device("meta"):
             model = self.build_model(config)
         total = sum(p.numel() for p in model.parameters())
@@ -173,7 +175,7 @@ def _import(module: str) -> None:
         path = Path(module).resolve()
         if not path.is_file():
             raise ConfigError(f"model.recipe_module {module!r}: no such file (relative paths start at {Path.cwd()})")
-        name = f"ringmoe_user_recipe_{path.stem}"
+        name = f"ringmoe_user_recipe_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
         if name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(name, path)

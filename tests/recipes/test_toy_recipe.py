@@ -37,6 +37,13 @@ def test_unknown_recipes_and_modules_are_named() -> None:
     assert recipe_of(by_path).name == "toy_channel_means"
 
 
+def test_model_info_describes_a_recipe_of_ones_own() -> None:
+    from ringmoe.cli.model_info import model_info
+
+    text = model_info(TOY)
+    assert text.startswith("toy_channel_means_tiny (toy_channel_means recipe):") and "released parameters" in text
+
+
 def test_the_toy_recipe_checks_its_run_config() -> None:
     with pytest.raises(ConfigError, match="toy_channel_means recipe has no view contrast"):
         load_run_config(TOY, ["objective.views.weight=1", "objective.views.projection_dim=8"])
