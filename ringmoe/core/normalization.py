@@ -110,7 +110,7 @@ def normalize_valid(
     # per-plane scalars avoid numpy's slow broadcast of (C, 1, 1) operands (8x the time of the whole rest).
     planes = list(_kind_planes(raw, sensor, lo, hi, offsets))
     image = np.empty((sensor.channels(), *raw.shape[-2:]), np.float32) if out is None else out
-    scratch = np.empty(raw.shape[-2:], np.float64)
+    scratch = np.empty(raw.shape[-2:], np.float64) if standardize is not None else None
     for channel in range(len(image)):
         plane = planes[channel % len(planes)]  # fill_channels: replicate (a panchromatic or single-pol sensor)
         if standardize is not None:

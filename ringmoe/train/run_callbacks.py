@@ -31,7 +31,8 @@ class Checkpointing(Callback):
 
     def __init__(self, engine, config: RunConfig, loader, generator, callbacks, result, resumed_from) -> None:
         self.engine, self.config, self.loader, self.generator = engine, config, loader, generator
-        self.callbacks, self.result, self.resumed_from = callbacks, result, resumed_from
+        # The callbacks before this one (a copy: the caller's list goes on to hold this one and the sinks).
+        self.callbacks, self.result, self.resumed_from = list(callbacks), result, resumed_from
         self.root = Path(config.train.output_dir) / "checkpoints"
 
     def on_step(self, info: StepInfo, metrics: dict[str, float]) -> None:
